@@ -1,0 +1,32 @@
+# CartFlow: `make run` serves everything, `make test` runs the whole suite. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
+
+.PHONY: install run test lint bench chaos clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: install
+	@./scripts/run.sh
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m cartflow.bench $(BENCH_ARGS)
+
+chaos: install
+	$(BIN)/python -m cartflow.chaos $(CHAOS_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

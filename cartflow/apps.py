@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CartflowConfig(AppConfig):
+    name = "cartflow"
+    verbose_name = "CartFlow"

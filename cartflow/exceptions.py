@@ -1,0 +1,149 @@
+"""One exception handler: every error under /api leaves as an RFC 9457 problem.
+
+DRF's exceptions and our :class:`~cartflow.problems.DomainError` go through
+:func:`problem_exception_handler`; Django-level 404/500 for /api paths (no DRF view matched, or a
+failure outside a view) go through :func:`api_404` / :func:`api_500`. Unexpected exceptions are
+logged with their traceback and answered with a bare ``internal_error``: no stack trace, SQL or
+secret ever reaches the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from cartflow.middleware import current_request_id
+from cartflow.problems import REGISTRY, DomainError, ProblemBody
+
+log = structlog.get_logger("cartflow.errors")
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_DRF_CODES: list[tuple[type[Exception], str]] = [
+    (drf.ParseError, "malformed_json"),
+    (drf.ValidationError, "validation_error"),
+    (drf.NotAuthenticated, "not_authenticated"),
+    (drf.AuthenticationFailed, "authentication_failed"),
+    (drf.PermissionDenied, "permission_denied"),
+    (drf.NotFound, "not_found"),
+    (drf.MethodNotAllowed, "method_not_allowed"),
+    (drf.NotAcceptable, "not_acceptable"),
+    (drf.UnsupportedMediaType, "unsupported_media_type"),
+    (drf.Throttled, "rate_limited"),
+]
+
+
+def _instance(request: Any) -> str:
+    return getattr(request, "path", "") or ""
+
+
+def problem_payload(request: Any, code: str, detail: str | None = None, **extensions: Any) -> dict[str, Any]:
+    p = REGISTRY[code]
+    rid = getattr(request, "request_id", "") or current_request_id()
+    return ProblemBody(code, detail or p.description, _instance(request), rid, extensions).as_dict()
+
+
+def problem_response(
+    request: Any,
+    code: str,
+    detail: str | None = None,
+    *,
+    retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    """A DRF Response holding a problem; usable from any DRF view."""
+    body = problem_payload(request, code, detail, **extensions)
+    resp = Response(body, status=body["status"], content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+    if retry_after is not None:
+        resp["Retry-After"] = str(int(retry_after))
+    elif REGISTRY[code].retry_after:
+        resp["Retry-After"] = "1"
+    return resp
+
+
+def django_problem_response(request: HttpRequest, code: str, detail: str | None = None, **extensions: Any):
+    """The same problem from plain Django code (no DRF renderer involved)."""
+    body = problem_payload(request, code, detail, **extensions)
+    resp = JsonResponse(body, status=body["status"], content_type=PROBLEM_CONTENT_TYPE)
+    if REGISTRY[code].retry_after:
+        resp["Retry-After"] = "1"
+    return resp
+
+
+def _flatten_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:
+    """DRF's nested error dict → [{"field", "code", "detail"}]."""
+    out: list[dict[str, str]] = []
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key == "non_field_errors" else str(key)
+            out += _flatten_errors(value, f"{prefix}.{name}" if prefix and name else (prefix or name))
+    elif isinstance(detail, list):
+        for i, item in enumerate(detail):
+            if isinstance(item, dict | list) and not isinstance(item, drf.ErrorDetail):
+                out += _flatten_errors(item, f"{prefix}[{i}]" if prefix else f"[{i}]")
+            else:
+                out += _flatten_errors(item, prefix)
+    else:
+        out.append({"field": prefix, "code": getattr(detail, "code", "invalid"), "detail": str(detail)})
+    return out
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    request = context.get("request")
+    if isinstance(exc, DomainError):
+        set_rollback()
+        return problem_response(
+            request, exc.code, exc.detail, retry_after=exc.retry_after, headers=exc.headers, **exc.extensions
+        )
+    if isinstance(exc, Http404):
+        exc = drf.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = drf.PermissionDenied()
+    if isinstance(exc, drf.APIException):
+        set_rollback()
+        code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), None)
+        headers: dict[str, str] = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if code == "validation_error":
+            errors = _flatten_errors(exc.detail)
+            return problem_response(request, code, "The request has invalid fields.", headers=headers, errors=errors)
+        if code == "rate_limited":
+            wait = max(1, int(round(exc.wait or 1)))
+            return problem_response(request, code, f"Retry after {wait} seconds.", retry_after=wait)
+        if code is None:
+            code = {
+                404: "not_found",
+                405: "method_not_allowed",
+                401: "not_authenticated",
+                403: "permission_denied",
+            }.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error")
+        detail = str(exc.detail) if isinstance(exc.detail, str) else None
+        if code == "malformed_json":
+            detail = "The request body is not valid JSON."
+        return problem_response(request, code, detail, headers=headers)
+    set_rollback()
+    log.error("unhandled_exception", exc_info=exc)
+    return problem_response(request, "internal_error")
+
+
+def api_404(request: HttpRequest, exception: Exception | None = None):
+    if request.path.startswith("/api/") or request.path == "/api":
+        return django_problem_response(request, "not_found", f"Nothing lives at {request.path}.")
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def api_500(request: HttpRequest):
+    if request.path.startswith("/api/"):
+        return django_problem_response(request, "internal_error")
+    from django.views.defaults import server_error
+
+    return server_error(request)

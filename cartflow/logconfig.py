@@ -1,0 +1,66 @@
+"""structlog for everything: JSON lines in production, readable lines on a terminal.
+
+Standard-library loggers (Django, Celery, gunicorn) go through the same processors, so every line
+carries the request id bound by :mod:`cartflow.middleware`. Secrets never reach a log line: the
+``redact`` processor masks known secret-looking keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import sys
+
+import structlog
+
+SECRET_KEYS = {"password", "secret", "authorization", "stripe_secret_key", "token", "client_secret", "api_key"}
+
+
+def redact(_logger, _name, event_dict):  # noqa: ANN001 - structlog processor signature
+    for key in list(event_dict):
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
+    pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer = structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "structlog": {
+                    "()": structlog.stdlib.ProcessorFormatter,
+                    "processors": [
+                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        # Tracebacks stay in the log as a structured field, never in a response.
+                        structlog.processors.dict_tracebacks if not pretty else structlog.dev.set_exc_info,
+                        renderer,
+                    ],
+                    "foreign_pre_chain": shared,
+                }
+            },
+            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
+            "root": {"handlers": ["default"], "level": level},
+            "loggers": {
+                "django.server": {"level": "WARNING"},
+                "django.request": {"level": "ERROR"},
+                "django.db.backends": {"level": "WARNING"},
+            },
+        }
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

