@@ -23,10 +23,10 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	$(BIN)/python -m cartflow.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(or $(BENCH_ARGS),all)
 
 chaos: install
-	$(BIN)/python -m cartflow.chaos $(CHAOS_ARGS)
+	$(BIN)/python -m bench chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,3 +33,6 @@ def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+pytest_plugins = ["tests.fixtures.emulator", "tests.fixtures.worker", "tests.fixtures.services"]
