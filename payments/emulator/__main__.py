@@ -1,0 +1,57 @@
+"""``python -m payments.emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from urllib.parse import urlsplit
+
+from .server import EmulatorServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    base = urlsplit(os.environ.get("STRIPE_API_BASE") or "http://127.0.0.1:12111")
+    secret = (os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_cartflow_dev").split(",")[0].strip()
+    parser = argparse.ArgumentParser(prog="python -m payments.emulator", description="CartFlow's Stripe emulator")
+    parser.add_argument("--host", default=base.hostname or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=base.port or 12111)
+    parser.add_argument(
+        "--webhook-url",
+        default=os.environ.get("CARTFLOW_WEBHOOK_URL", "http://127.0.0.1:8000/api/webhooks/stripe"),
+        help="where events are POSTed; an empty string disables delivery",
+    )
+    parser.add_argument("--webhook-secret", default=secret)
+    parser.add_argument("--webhook-max-attempts", type=int, default=5)
+    parser.add_argument("--webhook-retry-base-ms", type=int, default=500)
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = EmulatorServer(
+        host=args.host,
+        port=args.port,
+        webhook_url=args.webhook_url or None,
+        webhook_secret=args.webhook_secret,
+        webhook_max_attempts=args.webhook_max_attempts,
+        webhook_retry_base=args.webhook_retry_base_ms / 1000,
+        verbose=args.verbose,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.bind()
+    logging.getLogger("payments.emulator").info(
+        "Stripe emulator on %s, webhooks to %s", server.url, args.webhook_url or "(none)"
+    )
+    assert server._httpd is not None
+    try:
+        server._httpd.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

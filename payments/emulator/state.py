@@ -1,0 +1,697 @@
+"""In-memory Stripe objects (PaymentIntents, charges, refunds, events) and the operations on them.
+
+One re-entrant lock guards everything; every operation runs under it, so concurrent requests see whole
+state changes. Every state change records an event and hands it to ``on_event`` (the webhook dispatcher).
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError, invalid, missing_param, no_such, unexpected_state
+from .forms import as_bool
+from .idempotency import IdempotencyStore
+from .testcards import GENERIC_DECLINE, TEST_CARDS, TestCard
+
+API_VERSION = "2026-10-28.endive"
+_ALPHABET = string.ascii_letters + string.digits
+# Stripe's minimum charge amounts for common currencies (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts).
+_MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "gbp": 30, "cad": 50, "aud": 50, "chf": 50, "jpy": 50}
+_CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
+_CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
+_CREATE_PARAMS = {
+    "amount", "currency", "confirm", "payment_method", "payment_method_types", "metadata", "capture_method",
+    "confirmation_method", "description", "receipt_email", "customer", "automatic_payment_methods", "return_url",
+    "expand", "statement_descriptor", "statement_descriptor_suffix", "setup_future_usage", "off_session",
+    "error_on_requires_action", "use_stripe_sdk", "payment_method_options", "shipping", "transfer_group",
+    "on_behalf_of", "application_fee_amount", "mandate_data", "payment_method_data", "radar_options",
+    "payment_method_configuration", "confirmation_token", "transfer_data",
+}  # fmt: skip
+_CONFIRM_PARAMS = {
+    "payment_method", "return_url", "expand", "off_session", "error_on_requires_action", "payment_method_options",
+    "receipt_email", "setup_future_usage", "mandate_data", "use_stripe_sdk", "capture_method", "shipping",
+    "payment_method_data", "payment_method_types", "radar_options", "confirmation_token",
+}  # fmt: skip
+_UPDATE_PARAMS = {
+    "amount", "currency", "metadata", "description", "payment_method", "receipt_email", "expand",
+    "capture_method", "setup_future_usage", "shipping", "statement_descriptor", "payment_method_types",
+}  # fmt: skip
+
+
+def new_id(prefix: str, length: int = 24) -> str:
+    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+@dataclass
+class RequestInfo:
+    """Who caused a change: goes into ``event.request`` like Stripe's."""
+
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    force_decline: bool = False
+
+
+class EmulatorState:
+    def __init__(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.lock = threading.RLock()
+        self.on_event = on_event or (lambda event: None)
+        self.clock_offset = 0.0
+        self.idempotency = IdempotencyStore(self.lock, self.now)
+        self.reset()
+
+    # -- housekeeping -----------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    def reset(self) -> None:
+        with self.lock:
+            self.payment_intents: dict[str, dict[str, Any]] = {}
+            self.charges: dict[str, dict[str, Any]] = {}
+            self.refunds: dict[str, dict[str, Any]] = {}
+            self.payment_methods: dict[str, dict[str, Any]] = {}
+            self.events: dict[str, dict[str, Any]] = {}
+            self.clock_offset = 0.0
+            self.idempotency.reset()
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                "payment_intents": len(self.payment_intents),
+                "charges": len(self.charges),
+                "refunds": len(self.refunds),
+                "events": len(self.events),
+                "idempotency_keys": len(self.idempotency),
+            }
+
+    def _emit(self, event_type: str, obj: dict[str, Any], req: RequestInfo | None) -> dict[str, Any]:
+        event = {
+            "id": new_id("evt"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": int(self.now()),
+            "data": {"object": copy.deepcopy(obj)},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {
+                "id": req.request_id if req else None,
+                "idempotency_key": req.idempotency_key if req else None,
+            },
+            "type": event_type,
+        }
+        self.events[event["id"]] = event
+        self.on_event(copy.deepcopy(event))
+        return event
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def retrieve(self, kind: str, object_id: str, expand: list[str] | None = None) -> dict[str, Any]:
+        with self.lock:
+            table, label = self._table(kind)
+            obj = table.get(object_id)
+            if obj is None:
+                raise no_such(label, object_id, param="intent" if kind == "payment_intent" else "id")
+            return self.render(obj, expand)
+
+    def list(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Newest first, ``limit`` (1..100, default 10), ``starting_after``/``ending_before``, like Stripe's lists."""
+        with self.lock:
+            table, label = self._table(kind)
+            try:
+                limit = int(params.get("limit", 10))
+            except (TypeError, ValueError):
+                raise invalid("Invalid integer: limit", code="parameter_invalid_integer", param="limit") from None
+            if not 1 <= limit <= 100:
+                raise invalid("This value must be between 1 and 100 (inclusive).", param="limit")
+            items = list(reversed(table.values()))
+            if kind == "event":
+                types = params.get("types") or ([params["type"]] if params.get("type") else None)
+                if types:
+                    items = [e for e in items if any(_type_matches(e["type"], t) for t in types)]
+            if kind in ("payment_intent", "refund") and params.get("payment_intent"):
+                items = [o for o in items if o.get("payment_intent") == params["payment_intent"]]
+            after, before = params.get("starting_after"), params.get("ending_before")
+            ids = [o["id"] for o in items]
+            if after:
+                if after not in table:
+                    raise no_such(label, after, param="starting_after")
+                items = items[ids.index(after) + 1 :] if after in ids else []
+                page = items[:limit]
+            elif before:
+                if before not in table:
+                    raise no_such(label, before, param="ending_before")
+                items = items[: ids.index(before)] if before in ids else []
+                page = items[-limit:]
+            else:
+                page = items[:limit]
+            expand = [e.removeprefix("data.") for e in params.get("expand") or []]
+            return {
+                "object": "list",
+                "data": [self.render(o, expand) for o in page],
+                "has_more": len(items) > limit,
+                "url": f"/v1/{label}s" if kind != "payment_intent" else "/v1/payment_intents",
+            }
+
+    def render(self, obj: dict[str, Any], expand: list[str] | None = None) -> dict[str, Any]:
+        out = _public(copy.deepcopy(obj))
+        for path in expand or []:
+            field = path.split(".")[0]
+            value = out.get(field)
+            if not isinstance(value, str):
+                continue
+            target = (
+                self.charges.get(value)
+                or self.payment_intents.get(value)
+                or self.payment_methods.get(value)
+                or self.refunds.get(value)
+            )
+            if target is not None:
+                out[field] = _public(copy.deepcopy(target))
+        return out
+
+    def _table(self, kind: str) -> tuple[dict[str, dict[str, Any]], str]:
+        tables = {
+            "payment_intent": (self.payment_intents, "payment_intent"),
+            "charge": (self.charges, "charge"),
+            "refund": (self.refunds, "refund"),
+            "event": (self.events, "event"),
+            "payment_method": (self.payment_methods, "payment_method"),
+        }
+        return tables[kind]
+
+    # -- PaymentIntents ---------------------------------------------------------------------------------------
+    def payment_intent_create(self, params: dict[str, Any], req: RequestInfo | None = None) -> dict[str, Any]:
+        _reject_unknown(params, _CREATE_PARAMS)
+        amount = _amount(params)
+        currency = _currency(params)
+        capture_method = params.get("capture_method", "automatic")
+        if capture_method not in ("automatic", "automatic_async", "manual"):
+            raise invalid(
+                "Invalid capture_method: must be one of automatic, automatic_async, or manual", param="capture_method"
+            )
+        confirmation_method = params.get("confirmation_method", "automatic")
+        if confirmation_method not in ("automatic", "manual"):
+            raise invalid(
+                "Invalid confirmation_method: must be one of automatic or manual", param="confirmation_method"
+            )
+        metadata = _metadata(params.get("metadata"))
+        confirm = as_bool(params.get("confirm"))
+        apm = params.get("automatic_payment_methods")
+        apm_enabled = isinstance(apm, dict) and as_bool(apm.get("enabled"))
+        with self.lock:
+            pm_id = self._payment_method(params["payment_method"])["id"] if params.get("payment_method") else None
+            pi_id = new_id("pi")
+            pi: dict[str, Any] = {
+                "id": pi_id,
+                "object": "payment_intent",
+                "amount": amount,
+                "amount_capturable": 0,
+                "amount_details": {"tip": {}},
+                "amount_received": 0,
+                "application": None,
+                "application_fee_amount": None,
+                "automatic_payment_methods": {"allow_redirects": "always", "enabled": True} if apm_enabled else None,
+                "canceled_at": None,
+                "cancellation_reason": None,
+                "capture_method": capture_method,
+                "client_secret": f"{pi_id}_secret_{new_id('x', 25)[2:]}",
+                "confirmation_method": confirmation_method,
+                "created": int(self.now()),
+                "currency": currency,
+                "customer": params.get("customer"),
+                "description": params.get("description"),
+                "last_payment_error": None,
+                "latest_charge": None,
+                "livemode": False,
+                "metadata": metadata,
+                "next_action": None,
+                "on_behalf_of": None,
+                "payment_method": pm_id,
+                "payment_method_configuration_details": None,
+                "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
+                "payment_method_types": list(params.get("payment_method_types") or ["card"]),
+                "processing": None,
+                "receipt_email": params.get("receipt_email"),
+                "review": None,
+                "setup_future_usage": params.get("setup_future_usage"),
+                "shipping": None,
+                "source": None,
+                "statement_descriptor": params.get("statement_descriptor"),
+                "statement_descriptor_suffix": None,
+                "status": "requires_confirmation" if pm_id else "requires_payment_method",
+                "transfer_data": None,
+                "transfer_group": params.get("transfer_group"),
+            }
+            self.payment_intents[pi_id] = pi
+            self._emit("payment_intent.created", pi, req)
+            if confirm:
+                self._confirm(pi, params, req)
+            return self.render(pi, params.get("expand"))
+
+    def payment_intent_update(
+        self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
+    ) -> dict[str, Any]:
+        _reject_unknown(params, _UPDATE_PARAMS)
+        with self.lock:
+            pi = self._intent(pi_id)
+            if pi["status"] in ("succeeded", "canceled", "processing"):
+                raise unexpected_state(
+                    f"This PaymentIntent's amount could not be updated because it has a status of {pi['status']}. "
+                    "You may only update the amount of a PaymentIntent with one of the following statuses: "
+                    "requires_payment_method, requires_confirmation, requires_action.",
+                    payment_intent=self.render(pi),
+                )
+            if "amount" in params:
+                pi["amount"] = _amount(params)
+            if "currency" in params:
+                pi["currency"] = _currency(params)
+            if "metadata" in params:
+                pi["metadata"] = _merge_metadata(pi["metadata"], params["metadata"])
+            for field in ("description", "receipt_email", "setup_future_usage", "statement_descriptor"):
+                if field in params:
+                    pi[field] = params[field] or None
+            if params.get("payment_method"):
+                pi["payment_method"] = self._payment_method(params["payment_method"])["id"]
+                if pi["status"] == "requires_payment_method":
+                    pi["status"] = "requires_confirmation"
+            return self.render(pi, params.get("expand"))
+
+    def payment_intent_confirm(
+        self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
+    ) -> dict[str, Any]:
+        _reject_unknown(params, _CONFIRM_PARAMS)
+        with self.lock:
+            pi = self._intent(pi_id)
+            if pi["status"] not in _CONFIRMABLE:
+                raise unexpected_state(
+                    f"This PaymentIntent's status is {pi['status']}, but must be one of requires_payment_method, "
+                    "requires_confirmation, or requires_action to be confirmed."
+                    if pi["status"] != "succeeded"
+                    else "You cannot confirm this PaymentIntent because it has already succeeded after being "
+                    "previously confirmed.",
+                    payment_intent=self.render(pi),
+                )
+            self._confirm(pi, params, req)
+            return self.render(pi, params.get("expand"))
+
+    def payment_intent_cancel(
+        self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
+    ) -> dict[str, Any]:
+        _reject_unknown(params, {"cancellation_reason", "expand"})
+        reason = params.get("cancellation_reason")
+        if reason not in (None, "duplicate", "fraudulent", "requested_by_customer", "abandoned"):
+            raise invalid(
+                "Invalid cancellation_reason: must be one of duplicate, fraudulent, requested_by_customer, "
+                "or abandoned",
+                param="cancellation_reason",
+            )
+        with self.lock:
+            pi = self._intent(pi_id)
+            if pi["status"] not in _CANCELABLE:
+                raise unexpected_state(
+                    f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}. Only a "
+                    "PaymentIntent with one of the following statuses may be canceled: " + ", ".join(_CANCELABLE) + ".",
+                    payment_intent=self.render(pi),
+                )
+            if pi["status"] == "requires_capture" and pi["latest_charge"]:
+                charge = self.charges[pi["latest_charge"]]
+                charge["amount_refunded"] = charge["amount"]
+                charge["refunded"] = True
+            pi.update(
+                status="canceled",
+                canceled_at=int(self.now()),
+                cancellation_reason=reason,
+                amount_capturable=0,
+                next_action=None,
+            )
+            self._emit("payment_intent.canceled", pi, req)
+            return self.render(pi, params.get("expand"))
+
+    def payment_intent_capture(
+        self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
+    ) -> dict[str, Any]:
+        _reject_unknown(params, {"amount_to_capture", "expand", "metadata", "statement_descriptor", "final_capture"})
+        with self.lock:
+            pi = self._intent(pi_id)
+            if pi["status"] != "requires_capture":
+                raise unexpected_state(
+                    f"This PaymentIntent could not be captured because it has a status of {pi['status']}. Only a "
+                    "PaymentIntent with one of the following statuses may be captured: requires_capture.",
+                    payment_intent=self.render(pi),
+                )
+            capturable = pi["amount_capturable"]
+            amount = _int(params.get("amount_to_capture", capturable), "amount_to_capture")
+            if amount > capturable or amount < 1:
+                raise ApiError(
+                    400,
+                    f"The amount to capture ({amount}) must be between 1 and the amount capturable ({capturable}).",
+                    code="amount_too_large",
+                    param="amount_to_capture",
+                )
+            charge = self.charges[pi["latest_charge"]]
+            charge.update(captured=True, amount_captured=amount, amount_refunded=charge["amount"] - amount)
+            if "metadata" in params:
+                pi["metadata"] = _merge_metadata(pi["metadata"], params["metadata"])
+            pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
+            self._emit("charge.captured", charge, req)
+            self._emit("payment_intent.succeeded", pi, req)
+            return self.render(pi, params.get("expand"))
+
+    def payment_intent_authenticate(self, pi_id: str, outcome: str) -> dict[str, Any]:
+        """Complete (``succeed``) or fail (``fail``) the 3-D Secure step of a PaymentIntent in ``requires_action``."""
+        with self.lock:
+            pi = self._intent(pi_id)
+            if pi["status"] != "requires_action":
+                raise unexpected_state(
+                    f"This PaymentIntent has a status of {pi['status']}; "
+                    "only one in requires_action can be authenticated.",
+                    payment_intent=self.render(pi),
+                )
+            pi["next_action"] = None
+            if outcome == "fail":
+                pm = self.payment_methods.get(pi["payment_method"] or "")
+                pi.update(
+                    status="requires_payment_method",
+                    payment_method=None,
+                    last_payment_error={
+                        "code": "payment_intent_authentication_failure",
+                        "doc_url": "https://stripe.com/docs/error-codes/payment-intent-authentication-failure",
+                        "message": "The provided PaymentMethod has failed authentication. You can provide "
+                        "payment_method_data or a new PaymentMethod to attempt to fulfill this PaymentIntent again.",
+                        "payment_method": _public(pm) if pm else None,
+                        "type": "invalid_request_error",
+                    },
+                )
+                self._emit("payment_intent.payment_failed", pi, None)
+            elif pi["confirmation_method"] == "manual":
+                pi["status"] = "requires_confirmation"
+            else:
+                self._authorize(pi, None)
+            return self.render(pi)
+
+    # -- Refunds ----------------------------------------------------------------------------------------------
+    def refund_create(self, params: dict[str, Any], req: RequestInfo | None = None) -> dict[str, Any]:
+        _reject_unknown(
+            params, {"payment_intent", "charge", "amount", "reason", "metadata", "expand", "instructions_email"}
+        )
+        reason = params.get("reason")
+        if reason not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            raise invalid(
+                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer", param="reason"
+            )
+        with self.lock:
+            if params.get("payment_intent"):
+                pi = self._intent(params["payment_intent"], param="payment_intent")
+                charge = self.charges.get(pi["latest_charge"] or "")
+                if pi["status"] != "succeeded" or charge is None or charge["status"] != "succeeded":
+                    raise ApiError(
+                        400,
+                        f"This PaymentIntent ({pi['id']}) does not have a successful charge to refund.",
+                        code="charge_not_refundable",
+                        param="payment_intent",
+                    )
+            elif params.get("charge"):
+                charge = self.charges.get(params["charge"])
+                if charge is None:
+                    raise no_such("charge", params["charge"], param="charge")
+            else:
+                raise missing_param("payment_intent")
+            remaining = charge["amount_captured"] - charge["amount_refunded"]
+            if remaining <= 0:
+                raise ApiError(400, f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
+            amount = _int(params.get("amount", remaining), "amount")
+            if amount < 1:
+                raise invalid("This value must be greater than or equal to 1.", param="amount")
+            if amount > remaining:
+                raise ApiError(
+                    400,
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})",
+                    code="amount_too_large",
+                    param="amount",
+                )
+            refund = {
+                "id": new_id("re"),
+                "object": "refund",
+                "amount": amount,
+                "balance_transaction": new_id("txn"),
+                "charge": charge["id"],
+                "created": int(self.now()),
+                "currency": charge["currency"],
+                "metadata": _metadata(params.get("metadata")),
+                "payment_intent": charge["payment_intent"],
+                "reason": reason,
+                "receipt_number": None,
+                "source_transfer_reversal": None,
+                "status": "succeeded",
+                "transfer_reversal": None,
+            }
+            self.refunds[refund["id"]] = refund
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+            charge["refunds"]["data"].insert(0, copy.deepcopy(refund))
+            charge["refunds"]["total_count"] += 1
+            self._emit("refund.created", refund, req)
+            self._emit("charge.refunded", charge, req)
+            return self.render(refund, params.get("expand"))
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _intent(self, pi_id: str, *, param: str = "intent") -> dict[str, Any]:
+        pi = self.payment_intents.get(pi_id)
+        if pi is None:
+            raise no_such("payment_intent", pi_id, param=param)
+        return pi
+
+    def _payment_method(self, pm_id: Any) -> dict[str, Any]:
+        """Stripe's test shortcuts (``pm_card_visa``) create a new PaymentMethod each time they are used."""
+        if not isinstance(pm_id, str):
+            raise invalid("Invalid string: payment_method", param="payment_method")
+        if pm_id in self.payment_methods:
+            return self.payment_methods[pm_id]
+        card = TEST_CARDS.get(pm_id)
+        if card is None:
+            raise no_such("PaymentMethod", pm_id, param="payment_method")
+        pm = {
+            "id": new_id("pm"),
+            "object": "payment_method",
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "card": {
+                "brand": card.brand,
+                "country": "US",
+                "exp_month": 12,
+                "exp_year": time.gmtime().tm_year + 3,
+                "funding": card.funding,
+                "last4": card.last4,
+            },
+            "created": int(self.now()),
+            "customer": None,
+            "livemode": False,
+            "metadata": {},
+            "type": "card",
+            "_test_card": pm_id,  # which test card it came from; never rendered (see _public)
+        }
+        self.payment_methods[pm["id"]] = pm
+        return pm
+
+    def _confirm(self, pi: dict[str, Any], params: dict[str, Any], req: RequestInfo | None) -> None:
+        if params.get("payment_method"):
+            pi["payment_method"] = self._payment_method(params["payment_method"])["id"]
+        if not pi["payment_method"]:
+            raise unexpected_state(
+                "You cannot confirm this PaymentIntent because it's missing a payment method. To confirm the "
+                "PaymentIntent, specify a payment method with the `payment_method` parameter.",
+                payment_intent=self.render(pi),
+            )
+        if "capture_method" in params and params["capture_method"] in ("automatic", "automatic_async", "manual"):
+            pi["capture_method"] = params["capture_method"]
+        pm = self.payment_methods[pi["payment_method"]]
+        card = TEST_CARDS[pm["_test_card"]]
+        pi["last_payment_error"] = None
+        pi["next_action"] = None
+        if req is not None and req.force_decline:
+            card = GENERIC_DECLINE
+        if card.outcome == "authenticate":
+            if as_bool(params.get("off_session")):
+                self._decline(pi, pm, card, req, code="authentication_required", decline_code="authentication_required",
+                              message="Your card was declined. This transaction requires authentication.")  # fmt: skip
+            pi["status"] = "requires_action"
+            pi["next_action"] = {
+                "type": "use_stripe_sdk",
+                "use_stripe_sdk": {
+                    "type": "three_d_secure_redirect",
+                    "stripe_js": f"https://hooks.stripe.com/redirect/authenticate/{new_id('src')}",
+                    "source": new_id("src"),
+                },
+            }
+            self._emit("payment_intent.requires_action", pi, req)
+            return
+        if card.outcome == "decline":
+            self._decline(pi, pm, card, req, code=card.code or "card_declined", decline_code=card.decline_code,
+                          message=card.message or "Your card was declined.")  # fmt: skip
+        self._authorize(pi, req)
+
+    def _new_charge(self, pi: dict[str, Any], pm: dict[str, Any], *, status: str) -> dict[str, Any]:
+        charge_id = new_id("ch")
+        charge = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": pi["amount"],
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "balance_transaction": None,
+            "captured": False,
+            "created": int(self.now()),
+            "currency": pi["currency"],
+            "description": pi["description"],
+            "disputed": False,
+            "failure_code": None,
+            "failure_message": None,
+            "livemode": False,
+            "metadata": copy.deepcopy(pi["metadata"]),
+            "outcome": None,
+            "paid": status == "succeeded",
+            "payment_intent": pi["id"],
+            "payment_method": pm["id"],
+            "payment_method_details": {"card": copy.deepcopy(pm["card"]), "type": "card"},
+            "receipt_email": pi["receipt_email"],
+            "refunded": False,
+            "refunds": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "total_count": 0,
+                "url": f"/v1/charges/{charge_id}/refunds",
+            },  # fmt: skip
+            "status": status,
+        }
+        self.charges[charge_id] = charge
+        pi["latest_charge"] = charge_id
+        return charge
+
+    def _decline(self, pi, pm, card: TestCard, req, *, code: str, decline_code: str | None, message: str) -> None:
+        charge = self._new_charge(pi, pm, status="failed")
+        charge.update(
+            failure_code=code,
+            failure_message=message,
+            outcome={
+                "network_status": "declined_by_network",
+                "reason": decline_code,
+                "risk_level": "normal",
+                "seller_message": "The bank did not return any further details with this decline.",
+                "type": "issuer_declined",
+            },  # fmt: skip
+        )
+        error = {
+            "charge": charge["id"],
+            "code": code,
+            "decline_code": decline_code,
+            "doc_url": "https://stripe.com/docs/error-codes/" + code.replace("_", "-"),
+            "message": message,
+            "payment_method": copy.deepcopy(_public(pm)),
+            "type": "card_error",
+        }
+        pi.update(status="requires_payment_method", payment_method=None, last_payment_error=error)
+        self._emit("charge.failed", charge, req)
+        self._emit("payment_intent.payment_failed", pi, req)
+        raise ApiError(
+            402,
+            message,
+            type="card_error",
+            code=code,
+            decline_code=decline_code,
+            charge=charge["id"],
+            payment_intent=self.render(pi),
+            payment_method=_public(pm),
+        )
+
+    def _authorize(self, pi: dict[str, Any], req: RequestInfo | None) -> None:
+        pm = self.payment_methods[pi["payment_method"]]
+        charge = self._new_charge(pi, pm, status="succeeded")
+        charge["outcome"] = {"network_status": "approved_by_network", "reason": None, "risk_level": "normal",
+                             "seller_message": "Payment complete.", "type": "authorized"}  # fmt: skip
+        charge["balance_transaction"] = new_id("txn")
+        if pi["capture_method"] == "manual":
+            pi.update(status="requires_capture", amount_capturable=pi["amount"])
+            self._emit("charge.succeeded", charge, req)
+            self._emit("payment_intent.amount_capturable_updated", pi, req)
+            return
+        charge.update(captured=True, amount_captured=pi["amount"])
+        pi.update(status="succeeded", amount_received=pi["amount"])
+        self._emit("charge.succeeded", charge, req)
+        self._emit("payment_intent.succeeded", pi, req)
+
+
+def _public(pm: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in pm.items() if not k.startswith("_")}
+
+
+def _type_matches(event_type: str, pattern: str) -> bool:
+    return event_type == pattern or (pattern.endswith("*") and event_type.startswith(pattern[:-1]))
+
+
+def _reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+
+
+def _int(value: Any, param: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise invalid(f"Invalid integer: {value}", code="parameter_invalid_integer", param=param) from None
+
+
+def _amount(params: dict[str, Any]) -> int:
+    if params.get("amount") in (None, ""):
+        raise missing_param("amount")
+    amount = _int(params["amount"], "amount")
+    if amount < 1:
+        raise invalid("This value must be greater than or equal to 1.", param="amount")
+    minimum = _MINIMUM_AMOUNT.get(str(params.get("currency", "")).lower())
+    if minimum and amount < minimum:
+        raise ApiError(
+            400,
+            f"Amount must be at least {minimum} {params['currency'].lower()} minor units",
+            code="amount_too_small",
+            param="amount",
+            store=False,
+        )
+    return amount
+
+
+def _currency(params: dict[str, Any]) -> str:
+    currency = params.get("currency")
+    if not currency:
+        raise missing_param("currency")
+    currency = str(currency).lower()
+    if len(currency) != 3 or not currency.isalpha():
+        raise invalid(f"Invalid currency: {currency}.", code="parameter_invalid", param="currency")
+    return currency
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("Invalid metadata: must be an object", param="metadata")
+    return {str(k): str(v) for k, v in value.items() if v != ""}
+
+
+def _merge_metadata(current: dict[str, str], value: Any) -> dict[str, str]:
+    """Stripe merges metadata on update; an empty value deletes a key, ``metadata=""`` clears it."""
+    if value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("Invalid metadata: must be an object", param="metadata")
+    merged = dict(current)
+    for k, v in value.items():
+        if v == "":
+            merged.pop(k, None)
+        else:
+            merged[str(k)] = str(v)
+    return merged
