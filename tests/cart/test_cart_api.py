@@ -274,12 +274,12 @@ def test_current_if_match_is_accepted(guest, product):
     assert resp.status_code == 200 and resp.json()["version"] == 3
 
 
-def test_prices_come_from_the_catalog_and_follow_product_changes(guest, product):
-    from inventory.selectors import product_cache_invalidate
+def test_prices_come_from_the_catalog_and_follow_a_catalog_import(guest, product):
+    from inventory.catalog import catalog_import, catalog_rows_parse
 
     adopt_token(guest, add(guest, product.id, 2))
-    product.price = 999
-    product.save()
-    product_cache_invalidate(product_id=product.id)
+    assert guest.get("/api/cart").json()["items"][0]["unitPrice"] == 1250  # now cached
+    row = {"sku": product.sku, "name": "Renamed", "price": 999, "currency": "usd", "onHand": 50}
+    catalog_import(rows=catalog_rows_parse(data=[row]))
     item = guest.get("/api/cart").json()["items"][0]
-    assert (item["unitPrice"], item["lineTotal"]) == (999, 1998)
+    assert (item["name"], item["unitPrice"], item["lineTotal"]) == ("Renamed", 999, 1998)
