@@ -23,43 +23,57 @@ def redact(_logger, _name, event_dict):  # noqa: ANN001 - structlog processor si
     return event_dict
 
 
-def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
-    pretty = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    shared = [
+def _shared_processors() -> list:
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
+
+
+def _pretty(fmt: str) -> bool:
+    return fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+
+
+def logging_dict(*, level: str = "INFO", fmt: str = "auto") -> dict:
+    """The ``logging.config.dictConfig`` that renders every stdlib record through structlog.
+
+    Also used as gunicorn's ``logconfig_dict`` (cartflow/gunicorn_conf.py) so its lines look the same.
+    """
+    pretty = _pretty(fmt)
+    shared = _shared_processors()
     renderer = structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
-    logging.config.dictConfig(
-        {
-            "version": 1,
-            "disable_existing_loggers": False,
-            "formatters": {
-                "structlog": {
-                    "()": structlog.stdlib.ProcessorFormatter,
-                    "processors": [
-                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        # Tracebacks stay in the log as a structured field, never in a response.
-                        structlog.processors.dict_tracebacks if not pretty else structlog.dev.set_exc_info,
-                        renderer,
-                    ],
-                    "foreign_pre_chain": shared,
-                }
-            },
-            "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
-            "root": {"handlers": ["default"], "level": level},
-            "loggers": {
-                "django.server": {"level": "WARNING"},
-                "django.request": {"level": "ERROR"},
-                "django.db.backends": {"level": "WARNING"},
-            },
-        }
-    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    # Tracebacks stay in the log as a structured field, never in a response.
+                    structlog.processors.dict_tracebacks if not pretty else structlog.dev.set_exc_info,
+                    renderer,
+                ],
+                "foreign_pre_chain": shared,
+            }
+        },
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
+        "root": {"handlers": ["default"], "level": level},
+        "loggers": {
+            "django.server": {"level": "WARNING"},
+            "django.request": {"level": "ERROR"},
+            "django.db.backends": {"level": "WARNING"},
+        },
+    }
+
+
+def configure_logging(*, level: str = "INFO", fmt: str = "auto") -> None:
+    logging.config.dictConfig(logging_dict(level=level, fmt=fmt))
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -17,10 +17,14 @@ import functools
 import os
 import socket
 import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# pgserver's platformdirs complains when XDG_RUNTIME_DIR is unset (containers, CI); it copes without it.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 LOCAL_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cartflow"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -28,6 +32,24 @@ LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 def data_dir() -> Path:
     """The git-ignored folder that holds embedded servers' data (``CARTFLOW_DATA_DIR`` overrides)."""
     return Path(os.environ.get("CARTFLOW_DATA_DIR", BASE_DIR / ".data")).resolve()
+
+
+def load_dotenv(path: Path | None = None) -> None:
+    """Apply the checkout's git-ignored ``.env`` (written by ``scripts/run.sh``) to ``os.environ``.
+
+    The real environment always wins (``setdefault``). Under pytest the file is ignored: the suite's
+    services come from its own environment only, never from whatever ``make run`` last used.
+    """
+    if path is None:
+        if "pytest" in sys.modules:
+            return
+        path = BASE_DIR / ".env"
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
 
 
 def embedded_forced() -> bool:
@@ -153,6 +175,43 @@ def _redis_socket_answers(sock: Path) -> bool:
         return False
 
 
+def embedded_stop() -> list[str]:
+    """Stop the embedded PostgreSQL and Redis under :func:`data_dir` (``python -m cartflow.servicefinder stop``).
+
+    They are left running on purpose after ``make run`` ends so that other processes share them; this is
+    how to shut them down. Returns what was stopped.
+    """
+    stopped: list[str] = []
+    pgdata = data_dir() / "pg"
+    if (pgdata / "postmaster.pid").exists():
+        import pgserver
+
+        pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        # pgserver runs PostgreSQL as the `pgserver` system user when started by root.
+        user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+        result = subprocess.run(
+            [str(pg_ctl), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+            user=user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        if result.returncode == 0:
+            stopped.append("postgresql")
+    sock = data_dir() / "redis" / "redis.sock"
+    if _redis_socket_answers(sock):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"SHUTDOWN NOSAVE\r\n")
+            try:
+                s.recv(64)
+            except OSError:
+                pass
+        stopped.append("redis")
+    return stopped
+
+
 def celery_broker_url() -> str:
     """Celery's broker: ``CELERY_BROKER_URL`` when set, else the Redis above (DB 1 keeps it apart)."""
     if url := os.environ.get("CELERY_BROKER_URL"):
@@ -183,7 +242,8 @@ def describe() -> dict[str, str]:
 
     def safe(url: str) -> str:
         parts = urlsplit(url)
-        netloc = parts.hostname or ""
+        # Keep the user (a connectable URL), drop the password.
+        netloc = (f"{parts.username}@" if parts.username else "") + (parts.hostname or "")
         if parts.port:
             netloc += f":{parts.port}"
         return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
@@ -192,5 +252,9 @@ def describe() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    for name, url in describe().items():
-        print(f"{name:9} {url}")
+    load_dotenv()
+    if sys.argv[1:] == ["stop"]:
+        print("stopped:", ", ".join(embedded_stop()) or "nothing was running")
+    else:
+        for name, url in describe().items():
+            print(f"{name:9} {url}")

@@ -37,18 +37,9 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-def _read_dotenv(path: Path) -> None:
-    """`make run` writes a git-ignored .env (CARTFLOW_DEV=1 and the like) so that a manage.py command in a
-    second terminal sees the same configuration. The real environment always wins."""
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            os.environ.setdefault(key.strip(), value.strip())
-
-
-_read_dotenv(BASE_DIR / ".env")
+# `make run` writes a git-ignored .env (CARTFLOW_DEV=1, the services it chose) so that a manage.py command
+# in a second terminal sees the same configuration. The real environment always wins; pytest ignores it.
+servicefinder.load_dotenv()
 
 TESTING = "pytest" in sys.modules or os.environ.get("CARTFLOW_TESTING") == "1"
 
@@ -92,6 +83,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cartflow.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, Swagger UI, ReDoc from the sidecar) straight from gunicorn, no CDN, no nginx.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -167,6 +160,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_timeout": 5, "socket_connect_timeout": 5}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+# Celery logs through cartflow.logconfig (structlog JSON lines) instead of its own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # CELERY_TASK_ALWAYS_EAGER: only for unit tests that do not depend on the broker.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 
@@ -184,6 +179,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# `make run` runs collectstatic; tests and dev also find files in the apps directly.
+WHITENOISE_USE_FINDERS = DEBUG or TESTING or env_bool("CARTFLOW_DEV")
 
 # Behind HTTPS (DJANGO_SECURE=1, or automatically outside debug) cookies are Secure.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

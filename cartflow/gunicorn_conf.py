@@ -1,0 +1,30 @@
+"""gunicorn settings for `make run` (Procfile) and the Docker image: ``gunicorn -c python:cartflow.gunicorn_conf``.
+
+Bind address, worker and thread counts come from the command line or gunicorn's own environment
+variables (``WEB_CONCURRENCY``); this file fixes what does not vary between deployments.
+"""
+
+import os
+
+from cartflow.logconfig import logging_dict
+
+# Threads, not processes, for the many short requests that wait on PostgreSQL, Redis and Stripe.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+# No control socket: several gunicorns on one machine would fight over ~/.gunicorn/gunicorn.ctl.
+control_socket_disable = True
+# Request lines are logged by cartflow.middleware (structlog, with the request id); gunicorn's own lines
+# (boot, worker exits) go through the same structlog formatter.
+accesslog = None
+logconfig_dict = logging_dict(
+    level=os.environ.get("LOG_LEVEL", "INFO"), fmt=os.environ.get("CARTFLOW_LOG_FORMAT", "auto")
+)
+logconfig_dict["loggers"].update(
+    {
+        "gunicorn.error": {"level": "INFO", "handlers": ["default"], "propagate": False},
+        "gunicorn.access": {"level": "WARNING", "handlers": ["default"], "propagate": False},
+    }
+)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `make run`: find or start PostgreSQL and Redis, migrate, load the demo catalog, then run the web server,
+# the Celery worker and Celery beat under honcho (Procfile). Ctrl-C stops all of them.
+#
+# Environment: PORT (8000), WEB_CONCURRENCY (gunicorn workers, 2), GUNICORN_THREADS (threads per worker, 4),
+# CELERY_CONCURRENCY (2), CARTFLOW_EMBEDDED=1 (embedded PostgreSQL + Redis under .data/ even when local
+# servers answer), plus everything cartflow/settings.py reads (docs/foundation.md lists it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+export PATH="$ROOT/.venv/bin:$PATH"
+PY="$ROOT/.venv/bin/python"
+
+# .env is git-ignored and read by cartflow/settings.py (the real environment wins), so a `manage.py`
+# command in a second terminal sees the same configuration as the processes started here.
+if [ ! -f .env ]; then
+    printf '# Local settings for `make run` and manage.py (git-ignored; the real environment wins).\nCARTFLOW_DEV=1\n' >.env
+elif ! grep -qE '^(CARTFLOW_DEV|DJANGO_SECRET_KEY)=' .env; then
+    printf 'CARTFLOW_DEV=1\n' >>.env
+fi
+
+# Record how this run chose its services, so a second terminal makes the same choice.
+BEGIN='# >>> services chosen by the last `make run` (rewritten on every run)'
+END='# <<< services'
+tmp="$(mktemp)"
+awk -v b="$BEGIN" -v e="$END" '$0==b{skip=1;next} $0==e{skip=0;next} !skip' .env >"$tmp"
+{
+    cat "$tmp"
+    echo "$BEGIN"
+    for var in CARTFLOW_EMBEDDED CARTFLOW_DATA_DIR DATABASE_URL REDIS_URL CELERY_BROKER_URL; do
+        if [ -n "${!var:-}" ]; then echo "$var=${!var}"; fi
+    done
+    echo "$END"
+} >.env
+rm -f "$tmp"
+
+echo "==> services"
+"$PY" -m cartflow.servicefinder
+echo "==> migrate"
+"$PY" manage.py migrate --noinput
+echo "==> demo catalog"
+"$PY" manage.py seed_demo
+echo "==> static files"
+"$PY" manage.py collectstatic --noinput -v 0
+
+# Logs are JSON lines; readable ones when this runs on a terminal (honcho's pipe would hide that).
+if [ -t 1 ] && [ -z "${CARTFLOW_LOG_FORMAT:-}" ]; then export CARTFLOW_LOG_FORMAT=console; fi
+# honcho sets its own $PORT for every process, so the address travels as CARTFLOW_BIND.
+export CARTFLOW_BIND="127.0.0.1:${PORT:-8000}"
+export WEB_CONCURRENCY="${WEB_CONCURRENCY:-2}"
+export GUNICORN_THREADS="${GUNICORN_THREADS:-4}"
+export CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-2}"
+echo "==> serving http://${CARTFLOW_BIND} (Ctrl-C stops everything)"
+# -e /dev/null: the processes get this environment as is; Django reads .env itself (environment wins).
+exec honcho start -f Procfile -e /dev/null
