@@ -114,6 +114,13 @@ _TYPES = [
         ("productId",),
         retry_after=True,
     ),
+    ProblemType(
+        "stock_below_reserved",
+        409,
+        "Stock below reserved",
+        "On hand may not drop below the units held by checkouts; `reserved` says how many are held.",
+        ("productId", "onHand", "reserved"),
+    ),
     # --- checkout ---
     ProblemType("checkout_not_found", 404, "Checkout not found", "No checkout with this id is visible to you."),
     ProblemType("order_not_found", 404, "Order not found", "No order with this id is visible to you."),
