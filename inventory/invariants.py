@@ -27,3 +27,39 @@ def product_has_stock() -> list[str]:
         f"product {pid} ({sku}) has no stock row"
         for pid, sku in Product.objects.filter(stock__isnull=True).values_list("id", "sku")
     ]
+
+
+@invariant("reserved_matches_held")
+def reserved_matches_held() -> list[str]:
+    """``reserved`` equals the sum of the product's HELD reservations (one statement: one snapshot)."""
+    from django.db.models import Sum
+    from django.db.models.functions import Coalesce
+
+    rows = (
+        Stock.objects.annotate(
+            held=Coalesce(Sum("product__reservations__quantity", filter=Q(product__reservations__status="HELD")), 0)
+        )
+        .exclude(reserved=F("held"))
+        .values_list("product_id", "reserved", "held")
+    )
+    return [f"product {pid}: reserved={reserved} but HELD reservations sum to {held}" for pid, reserved, held in rows]
+
+
+@invariant("no_stale_holds")
+def no_stale_holds() -> list[str]:
+    """No HELD reservation outlives its expiry by more than two release intervals (the sweep is running)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from inventory.models import Reservation
+
+    cutoff = timezone.now() - timedelta(seconds=2 * settings.CARTFLOW_RELEASE_INTERVAL_SECONDS)
+    stale = Reservation.objects.filter(status="HELD", expires_at__lt=cutoff).values_list(
+        "holder", "product_id", "expires_at"
+    )
+    return [
+        f"reservation {holder}/product {pid} still HELD, expired at {expires_at.isoformat()}"
+        for holder, pid, expires_at in stale[:100]
+    ]

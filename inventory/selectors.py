@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -120,3 +122,27 @@ def _to_info(product: Product) -> ProductInfo:
         active=product.active,
         flash_sale=product.flash_sale,
     )
+
+
+@dataclass(frozen=True)
+class ReservationInfo:
+    """What other apps may know of a reservation. ``status`` is HELD, COMMITTED, RELEASED or EXPIRED."""
+
+    holder: str
+    product_id: int
+    quantity: int
+    status: str
+    expires_at: datetime
+
+
+def reservations_for_holder(*, holder: str, product_ids: Iterable[int] | None = None) -> list[ReservationInfo]:
+    """Every reservation row of one holder (a checkout id), in product-id order."""
+    from inventory.models import Reservation
+
+    qs = Reservation.objects.filter(holder=holder).order_by("product_id")
+    if product_ids is not None:
+        qs = qs.filter(product_id__in=list(product_ids))
+    return [
+        ReservationInfo(holder=holder, product_id=pid, quantity=q, status=status, expires_at=expires_at)
+        for pid, q, status, expires_at in qs.values_list("product_id", "quantity", "status", "expires_at")
+    ]
