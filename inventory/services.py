@@ -249,11 +249,13 @@ def _release_rows(
             with transaction.atomic():
                 for rid, product_id, quantity, version in rows:
                     # Stock row first, then the reservation row: the same order as reserve takes them.
-                    # The decrement commutes with other writers; the reservation's version check is what
-                    # makes the move happen once.
-                    Stock.objects.filter(product_id=product_id).update(
+                    # The reservation's version check is what makes the move happen once; a concurrent
+                    # releaser of the same holder may decrement first and only then lose on that check,
+                    # so the decrement is conditional too (never below zero) and the loser rolls back.
+                    if not Stock.objects.filter(product_id=product_id, reserved__gte=quantity).update(
                         reserved=F("reserved") - quantity, version=F("version") + 1, updated_at=now
-                    )
+                    ):
+                        raise _LostRace
                     if not Reservation.objects.filter(id=rid, version=version, status=HELD).update(
                         status=status, version=F("version") + 1, updated_at=now
                     ):
@@ -289,12 +291,13 @@ def reservation_commit(*, holder: str) -> int:
         try:
             with transaction.atomic():
                 for rid, product_id, quantity, version, _status in held:
-                    Stock.objects.filter(product_id=product_id).update(
+                    if not Stock.objects.filter(product_id=product_id, reserved__gte=quantity).update(
                         on_hand=F("on_hand") - quantity,
                         reserved=F("reserved") - quantity,
                         version=F("version") + 1,
                         updated_at=now,
-                    )
+                    ):
+                        raise _LostRace
                     if not Reservation.objects.filter(id=rid, version=version, status=HELD).update(
                         status=COMMITTED, version=F("version") + 1, updated_at=now
                     ):

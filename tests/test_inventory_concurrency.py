@@ -1,0 +1,175 @@
+"""Real races: threads, each on its own PostgreSQL connection, against one hot stock row."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, transaction
+
+from inventory.models import Product, Reservation, Stock
+from inventory.services import (
+    InsufficientStock,
+    InventoryContention,
+    ReserveLine,
+    reservation_reserve,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+_skus = itertools.count(1)
+THREADS = 40
+
+
+def make_product(on_hand: int) -> Product:
+    product = Product.objects.create(sku=f"INV-C-{next(_skus):05d}", name="Hot thing", price=500)
+    Stock.objects.create(product=product, on_hand=on_hand)
+    return product
+
+
+def race(n: int, work: Callable[[int], object]) -> list[object]:
+    """Run ``work(i)`` on n threads released together; each thread closes its own DB connection."""
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)
+        except Exception as exc:  # noqa: BLE001 - inspected by the test
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+@pytest.fixture
+def patient_retries(settings):
+    """A budget large enough that every caller eventually gets an answer from the stock row itself."""
+    settings.CARTFLOW_RESERVE_MAX_ATTEMPTS = 400
+    settings.CARTFLOW_RESERVE_MAX_SECONDS = 30.0
+
+
+def test_hot_product_demand_over_supply_reserves_exactly_the_stock(patient_retries):
+    stock = 30
+    product = make_product(stock)
+    results = race(THREADS, lambda i: reservation_reserve(lines=[ReserveLine(product.id, 1)], holder=f"hot-{i}"))
+
+    won = [r for r in results if isinstance(r, list)]
+    refused = [r for r in results if isinstance(r, InsufficientStock)]
+    assert len(won) == stock, results
+    assert len(refused) == THREADS - stock, [r for r in results if not isinstance(r, list | InsufficientStock)]
+    assert all(e.extensions == {"productId": product.id, "available": 0} for e in refused)
+    row = Stock.objects.get(product=product)
+    assert (row.on_hand, row.reserved) == (stock, stock)
+    assert Reservation.objects.filter(product=product, status="HELD").count() == stock
+    call_command("check_invariants")
+
+
+def test_multi_line_reservations_under_contention_are_all_or_nothing(patient_retries):
+    """A has room for everyone, B for 12: the 28 losers reserved A first and must have given it back."""
+    a, b = make_product(THREADS), make_product(12)
+
+    def reserve(i: int) -> object:
+        lines = [ReserveLine(a.id, 1), ReserveLine(b.id, 1)]
+        return reservation_reserve(lines=lines if i % 2 else lines[::-1], holder=f"multi-{i}")
+
+    results = race(THREADS, reserve)
+    won = {f"multi-{i}" for i, r in enumerate(results) if isinstance(r, list)}
+    lost = {f"multi-{i}" for i, r in enumerate(results) if isinstance(r, InsufficientStock)}
+    assert len(won) == 12 and len(lost) == THREADS - 12, results
+    assert not Reservation.objects.filter(holder__in=lost, status="HELD").exists()
+    held = Reservation.objects.filter(status="HELD")
+    assert sorted(held.values_list("holder", "product_id")) == sorted(
+        [(h, a.id) for h in won] + [(h, b.id) for h in won]
+    )
+    assert Stock.objects.get(product=a).reserved == 12
+    assert Stock.objects.get(product=b).reserved == 12
+    call_command("check_invariants")
+
+
+class VersionBumper:
+    """Another writer on its own connection that keeps the stock row changing: it holds an uncommitted
+    version bump for ``hold`` seconds, commits, and immediately starts the next one."""
+
+    def __init__(self, stock_id: int, hold: float = 0.05) -> None:
+        self.stock_id, self.hold = stock_id, hold
+        self.stop = threading.Event()
+        self.started = threading.Event()
+        self.bumps = 0
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                with transaction.atomic(), connection.cursor() as cur:
+                    cur.execute("UPDATE inventory_stock SET version = version + 1 WHERE id = %s", [self.stock_id])
+                    self.started.set()
+                    time.sleep(self.hold)
+                self.bumps += 1
+        finally:
+            connection.close()
+
+    def __enter__(self) -> VersionBumper:
+        self.thread.start()
+        assert self.started.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_retry_exhaustion_raises_inventory_contention_and_holds_nothing(settings):
+    settings.CARTFLOW_RESERVE_MAX_ATTEMPTS = 3
+    settings.CARTFLOW_RESERVE_MAX_SECONDS = 10.0
+    a, hot = make_product(10), make_product(10)
+    with VersionBumper(Stock.objects.get(product=hot).id) as bumper:
+        with pytest.raises(InventoryContention) as exc:
+            reservation_reserve(lines=[ReserveLine(a.id, 1), ReserveLine(hot.id, 1)], holder="busy-1")
+    assert bumper.bumps >= 3
+    assert exc.value.status == 503 and exc.value.retry_after == 1
+    assert exc.value.extensions == {"productId": hot.id}
+    assert not Reservation.objects.filter(status="HELD").exists()
+    assert list(Stock.objects.order_by("id").values_list("reserved", flat=True)) == [0, 0]
+    call_command("check_invariants")
+
+
+def test_retry_budget_is_bounded_in_time(settings):
+    settings.CARTFLOW_RESERVE_MAX_ATTEMPTS = 10_000
+    settings.CARTFLOW_RESERVE_MAX_SECONDS = 0.3
+    hot = make_product(10)
+    with VersionBumper(Stock.objects.get(product=hot).id, hold=0.01):
+        started = time.monotonic()
+        with pytest.raises(InventoryContention):
+            reservation_reserve(lines=[ReserveLine(hot.id, 1)], holder="busy-2")
+        elapsed = time.monotonic() - started
+    assert 0.1 < elapsed < 1.5
+
+
+def test_a_lost_race_is_retried_until_it_wins():
+    hot = make_product(10)
+    with VersionBumper(Stock.objects.get(product=hot).id, hold=0.02) as bumper:
+        time.sleep(0.05)
+        result: dict[str, object] = {}
+
+        def stop_soon() -> None:
+            time.sleep(0.1)
+            bumper.stop.set()
+
+        stopper = threading.Thread(target=stop_soon)
+        stopper.start()
+        result["infos"] = reservation_reserve(lines=[ReserveLine(hot.id, 2)], holder="patient")
+        stopper.join()
+    assert [i.quantity for i in result["infos"]] == [2]
+    assert Stock.objects.get(product=hot).reserved == 2
