@@ -121,7 +121,8 @@ def _settings_probe(code: str, **env_vars: str) -> subprocess.CompletedProcess:
     env.setdefault("DATABASE_URL", "postgres://u@127.0.0.1:1/x")
     env.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")
     env.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:1/1")
-    script = f"import os; os.environ['DJANGO_SETTINGS_MODULE'] = 'cartflow.settings'\nfrom django.conf import settings\n{code}"
+    env["DJANGO_SETTINGS_MODULE"] = "cartflow.settings"
+    script = f"from django.conf import settings\n{code}"
     return subprocess.run([PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -227,9 +228,7 @@ def test_dockerfile_is_multi_stage_and_non_root():
 
 
 def test_procfile_runs_web_worker_and_beat():
-    lines = dict(
-        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line and line[0] != "#"
-    )
+    lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line and line[0] != "#")
     assert set(lines) >= {"web", "worker", "beat"}
     assert "gunicorn cartflow.wsgi" in lines["web"] and "$CARTFLOW_BIND" in lines["web"]
     assert "$WEB_CONCURRENCY" in lines["web"]
