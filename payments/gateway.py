@@ -1,0 +1,353 @@
+"""The Stripe gateway: the only module that calls Stripe's API (STYLE.md 8).
+
+Every write carries an idempotency key derived from the order (and the attempt), so a retry after a
+timeout or a lost response repeats the same request and Stripe performs it once. stripe-python's own
+network retries reuse that key. Results come back as :class:`IntentResult` / :class:`RefundResult`; a card
+decline is a result, not an exception. Errors whose outcome is unknown raise
+:class:`PaymentTransientError` (retry later with the same key); bugs raise :class:`PaymentPermanentError`.
+
+Each call to Stripe is recorded on the order's ``Payment`` row (a ``PaymentAttempt``) in its own short
+transaction *after* the network call: no Stripe call ever runs inside a database transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import stripe
+import structlog
+from django.conf import settings
+from django.db import connection
+
+from cartflow.problems import DomainError
+
+log = structlog.get_logger("cartflow.payments")
+
+DEV_API_KEY = "sk_test_cartflow_emulator"
+CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
+
+
+@dataclass(frozen=True)
+class IntentResult:
+    intent_id: str
+    status: str
+    amount: int
+    currency: str
+    client_secret: str | None
+    next_action: dict | None = None
+    decline_code: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    metadata: dict = field(default_factory=dict)
+    amount_refunded: int = 0
+    disputed: bool = False
+    charge_id: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @property
+    def declined(self) -> bool:
+        return bool(self.decline_code or self.error_code) and self.status == "requires_payment_method"
+
+    @property
+    def requires_action(self) -> bool:
+        return self.status == "requires_action"
+
+    @property
+    def canceled(self) -> bool:
+        return self.status == "canceled"
+
+    @property
+    def order_id(self) -> str | None:
+        return self.metadata.get("order_id")
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    refund_id: str
+    status: str
+    amount: int
+
+
+class PaymentTransientError(DomainError):
+    """Stripe could not be reached or answered "try again": the OUTCOME IS UNKNOWN. Retry with the same key."""
+
+    code = "payment_provider_unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = 2, **kwargs: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **kwargs)
+        self.stripe_code: str | None = None
+
+
+class PaymentPermanentError(Exception):
+    """Stripe refused the request as invalid (other than the known state races): a bug, surface it."""
+
+    def __init__(self, message: str, *, stripe_code: str | None = None) -> None:
+        super().__init__(message)
+        self.stripe_code = stripe_code
+
+
+# --- the client: built lazily, once per process and configuration ---
+
+_clients: dict[tuple, stripe.StripeClient] = {}
+_clients_lock = threading.Lock()
+
+
+def _client() -> stripe.StripeClient:
+    config = (
+        settings.STRIPE_SECRET_KEY or DEV_API_KEY,
+        settings.STRIPE_API_BASE,
+        settings.STRIPE_MAX_NETWORK_RETRIES,
+        settings.STRIPE_TIMEOUT_SECONDS,
+    )
+    client = _clients.get(config)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(config)
+            if client is None:
+                api_key, api_base, retries, timeout = config
+                client = stripe.StripeClient(
+                    api_key,
+                    base_addresses={"api": api_base} if api_base else None,
+                    max_network_retries=retries,
+                    http_client=stripe.RequestsClient(timeout=timeout),
+                )
+                _clients[config] = client
+    return client
+
+
+# --- error mapping ---
+
+_TRANSIENT_CODES = {"lock_timeout", "idempotency_key_in_use", "rate_limit"}
+
+
+def _code(exc: stripe.StripeError) -> str | None:
+    err = getattr(exc, "error", None)
+    code = getattr(err, "code", None) or exc.code
+    if code is None and isinstance(exc, stripe.IdempotencyError):
+        code = "idempotency_error"  # same key, other parameters: Stripe gives a type, not a code
+    return code
+
+
+def _classify(exc: stripe.StripeError) -> Exception:
+    """Map a Stripe error that is not a decline nor a state race to our transient/permanent errors."""
+    code = _code(exc)
+    status = exc.http_status or 0
+    message = exc.user_message or str(exc) or exc.__class__.__name__
+    transient = (
+        isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError | stripe.APIError)
+        or code in _TRANSIENT_CODES
+        or status == 409
+        or status >= 500
+    )
+    if transient:
+        err = PaymentTransientError(f"Stripe unavailable: {message}")
+        err.stripe_code = code or exc.__class__.__name__
+        return err
+    return PaymentPermanentError(f"Stripe refused the request ({code or status}): {message}", stripe_code=code)
+
+
+def _assert_no_transaction() -> None:
+    if connection.in_atomic_block:
+        # STYLE.md 4: a Stripe call inside a transaction holds locks across the network. A bug, not a state.
+        raise RuntimeError("Stripe must not be called inside a database transaction")
+
+
+def _to_result(pi: Any, **overrides: Any) -> IntentResult:
+    data = pi.to_dict() if hasattr(pi, "to_dict") else dict(pi)
+    latest = data.get("latest_charge")
+    charge = latest if isinstance(latest, dict) else {}
+    if not charge and isinstance(data.get("charges"), dict):  # older API versions (and localstripe)
+        charges = data["charges"].get("data") or []
+        charge = charges[-1] if charges else {}
+    lpe = data.get("last_payment_error") or {}
+    values: dict[str, Any] = {
+        "intent_id": data["id"],
+        "status": data["status"],
+        "amount": int(data.get("amount") or 0),
+        "currency": (data.get("currency") or "").lower(),
+        "client_secret": data.get("client_secret"),
+        "next_action": data.get("next_action") or None,
+        "decline_code": lpe.get("decline_code"),
+        "error_code": lpe.get("code"),
+        "error_message": lpe.get("message"),
+        "metadata": dict(data.get("metadata") or {}),
+        "amount_refunded": int(charge.get("amount_refunded") or 0),
+        "disputed": bool(charge.get("disputed")),
+        "charge_id": charge.get("id")
+        or (data.get("latest_charge") if isinstance(data.get("latest_charge"), str) else None),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return IntentResult(**values)
+
+
+def _retrieve(intent_id: str) -> IntentResult:
+    pi = _client().v1.payment_intents.retrieve(intent_id, params={"expand": ["latest_charge"]})
+    return _to_result(pi)
+
+
+def _record(
+    *,
+    order_id: str,
+    operation: str,
+    key: str,
+    intent: IntentResult | None = None,
+    error: Exception | None = None,
+    checkout_id: str = "",
+    amount: int = 0,
+    currency: str = "",
+) -> None:
+    from payments.services import payment_attempt_record
+
+    payment_attempt_record(
+        order_id=order_id,
+        operation=operation,
+        idempotency_key=key,
+        intent=intent,
+        error=error,
+        checkout_id=checkout_id,
+        amount=amount,
+        currency=currency,
+    )
+
+
+# --- the operations ---
+
+
+def payment_intent_create(
+    *, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None = None
+) -> IntentResult:
+    """The one PaymentIntent of an order: card only, metadata links it back to the order and the checkout."""
+    _assert_no_transaction()
+    key = f"cf:{order_id}:pi-create"
+    params: dict[str, Any] = {
+        "amount": amount,
+        "currency": currency.lower(),
+        "payment_method_types": ["card"],
+        "metadata": {"order_id": order_id, "checkout_id": checkout_id},
+    }
+    if email:
+        params["receipt_email"] = email
+    recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
+    try:
+        pi = _client().v1.payment_intents.create(params=params, options={"idempotency_key": key})
+    except stripe.StripeError as exc:
+        err = _classify(exc)
+        _record(order_id=order_id, operation="create", key=key, error=err, **recorded)
+        raise err from exc
+    result = _to_result(pi)
+    _record(order_id=order_id, operation="create", key=key, intent=result, **recorded)
+    return result
+
+
+def payment_intent_confirm(*, order_id: str, intent_id: str, payment_method: str, attempt: int) -> IntentResult:
+    """Confirm with a payment method. A decline comes back as a result with ``decline_code``/``error_code``."""
+    _assert_no_transaction()
+    key = f"cf:{order_id}:confirm:{attempt}"
+    try:
+        pi = _client().v1.payment_intents.confirm(
+            intent_id, params={"payment_method": payment_method}, options={"idempotency_key": key}
+        )
+        result = _to_result(pi)
+    except stripe.CardError as exc:
+        err = exc.error
+        declined = _state_after_error(order_id, "confirm", key, exc, intent_id)
+        result = replace(
+            declined,
+            decline_code=getattr(err, "decline_code", None) or declined.decline_code,
+            error_code=_code(exc) or declined.error_code or "card_declined",
+            error_message=getattr(err, "message", None) or declined.error_message,
+        )
+    except stripe.InvalidRequestError as exc:
+        if _code(exc) != "payment_intent_unexpected_state":
+            raise _fail(order_id, "confirm", key, exc) from exc
+        # Already succeeded (an earlier attempt went through) or canceled: the real state is the answer.
+        result = _state_after_error(order_id, "confirm", key, exc, intent_id)
+    except stripe.StripeError as exc:
+        raise _fail(order_id, "confirm", key, exc) from exc
+    _record(order_id=order_id, operation="confirm", key=key, intent=result)
+    return result
+
+
+def payment_intent_retrieve(*, intent_id: str) -> IntentResult:
+    """The PaymentIntent as Stripe has it now (with its latest charge's refunds and dispute flag)."""
+    _assert_no_transaction()
+    try:
+        return _retrieve(intent_id)
+    except stripe.StripeError as exc:
+        raise _classify(exc) from exc
+
+
+def payment_intent_cancel(*, order_id: str, intent_id: str) -> IntentResult:
+    """Cancel; already canceled → that state; succeeded (cannot cancel) → the succeeded PI (caller refunds)."""
+    _assert_no_transaction()
+    key = f"cf:{order_id}:cancel"
+    try:
+        pi = _client().v1.payment_intents.cancel(intent_id, options={"idempotency_key": key})
+        result = _to_result(pi)
+    except stripe.InvalidRequestError as exc:
+        if _code(exc) != "payment_intent_unexpected_state":
+            raise _fail(order_id, "cancel", key, exc) from exc
+        result = _state_after_error(order_id, "cancel", key, exc, intent_id)
+    except stripe.StripeError as exc:
+        raise _fail(order_id, "cancel", key, exc) from exc
+    _record(order_id=order_id, operation="cancel", key=key, intent=result)
+    return result
+
+
+def refund_create(*, order_id: str, intent_id: str, amount: int | None = None) -> RefundResult:
+    """Refund the order's charge (all of it by default). Already fully refunded → the existing refund."""
+    _assert_no_transaction()
+    key = f"cf:{order_id}:refund"
+    params: dict[str, Any] = {"payment_intent": intent_id}
+    if amount is not None:
+        params["amount"] = amount
+    try:
+        refund = _client().v1.refunds.create(params=params, options={"idempotency_key": key})
+    except stripe.InvalidRequestError as exc:
+        if _code(exc) != "charge_already_refunded":
+            raise _fail(order_id, "refund", key, exc) from exc
+        refund = _existing_refund(order_id, intent_id, key, exc)
+    except stripe.StripeError as exc:
+        raise _fail(order_id, "refund", key, exc) from exc
+    result = RefundResult(refund_id=refund.id, status=refund.status, amount=int(refund.amount))
+    try:
+        intent = _retrieve(intent_id)
+    except stripe.StripeError:
+        intent = None  # the refund happened; the next sync (webhook charge.refunded, reconcile) records it
+    _record(order_id=order_id, operation="refund", key=key, intent=intent)
+    return result
+
+
+# --- helpers for the error paths ---
+
+
+def _fail(order_id: str, operation: str, key: str, exc: stripe.StripeError) -> Exception:
+    err = _classify(exc)
+    _record(order_id=order_id, operation=operation, key=key, error=err)
+    return err
+
+
+def _state_after_error(
+    order_id: str, operation: str, key: str, exc: stripe.StripeError, intent_id: str
+) -> IntentResult:
+    """A decline or a state race: re-read the PaymentIntent, which is the real answer."""
+    try:
+        return _retrieve(intent_id)
+    except stripe.StripeError as again:
+        raise _fail(order_id, operation, key, again) from exc
+
+
+def _existing_refund(order_id: str, intent_id: str, key: str, exc: stripe.StripeError) -> Any:
+    try:
+        refunds = _client().v1.refunds.list(params={"payment_intent": intent_id, "limit": 10})
+    except stripe.StripeError as again:
+        raise _fail(order_id, "refund", key, again) from exc
+    succeeded = [r for r in refunds.data if r.status in ("succeeded", "pending")]
+    if not succeeded:
+        raise _fail(order_id, "refund", key, exc) from exc
+    return succeeded[0]

@@ -1,0 +1,31 @@
+"""Reads of payment state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from payments.models import Payment, WebhookEvent
+
+
+def payment_get(*, order_id: str) -> Payment | None:
+    return Payment.objects.filter(order_id=order_id).first()
+
+
+def payment_get_by_intent(*, intent_id: str) -> Payment | None:
+    return Payment.objects.filter(intent_id=intent_id).first()
+
+
+def payments_to_reconcile(*, since: datetime | None = None, ids: list[int] | None = None) -> QuerySet[Payment]:
+    """Payments touched since ``since`` (all of them without it), oldest first, so a long run makes progress."""
+    qs = Payment.objects.all()
+    if since is not None:
+        qs = qs.filter(updated__gte=since)
+    if ids is not None:
+        qs = qs.filter(pk__in=ids)
+    return qs.order_by("updated", "id")
+
+
+def webhook_event_get(*, event_id: str) -> WebhookEvent | None:
+    return WebhookEvent.objects.filter(event_id=event_id).first()

@@ -1,0 +1,111 @@
+"""Writes to payment state. Never called inside a Stripe call, and never calling Stripe themselves.
+
+Rows converge on Stripe's state whatever order updates arrive in: a stale read never moves a row out of a
+terminal status (``succeeded``, ``canceled``), ``amount_refunded`` only grows and ``disputed`` only gets set.
+Reconciliation, which has just read Stripe, may force the row to Stripe's state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from payments.models import TERMINAL_INTENT_STATUSES, Payment, PaymentAttempt
+
+if TYPE_CHECKING:
+    from payments.gateway import IntentResult
+
+
+def _apply_intent(*, payment_id: int, intent: IntentResult, force: bool = False) -> None:
+    """Conditional UPDATEs, so concurrent syncs of the same row cannot regress it (no row locks)."""
+    rows = Payment.objects.filter(pk=payment_id)
+    refunded = Value(intent.amount_refunded) if force else Greatest(F("amount_refunded"), Value(intent.amount_refunded))
+    rows.update(
+        intent_id=intent.intent_id,
+        amount=intent.amount,
+        currency=intent.currency,
+        amount_refunded=refunded,
+        updated=timezone.now(),
+    )
+    if intent.disputed:
+        rows.update(disputed=True)
+    if not force:
+        rows = rows.filter(~Q(status__in=TERMINAL_INTENT_STATUSES) | Q(status=intent.status))
+    rows.update(status=intent.status)
+
+
+def payment_sync_from_intent(*, intent: IntentResult, force: bool = False) -> Payment:
+    """Bring the order's Payment row to the PaymentIntent's state (creating the row if only Stripe knew it).
+
+    Raises ``LookupError`` for a PaymentIntent that is not CartFlow's (no ``metadata.order_id``, no row).
+    """
+    with transaction.atomic():
+        payment = Payment.objects.filter(intent_id=intent.intent_id).first()
+        if payment is None:
+            if not intent.order_id:
+                raise LookupError(f"PaymentIntent {intent.intent_id} belongs to no CartFlow order")
+            payment, _ = Payment.objects.get_or_create(
+                order_id=intent.order_id,
+                defaults={
+                    "checkout_id": intent.metadata.get("checkout_id", ""),
+                    "amount": intent.amount,
+                    "currency": intent.currency,
+                },
+            )
+        _apply_intent(payment_id=payment.pk, intent=intent, force=force)
+    payment.refresh_from_db()
+    return payment
+
+
+def payment_attempt_record(
+    *,
+    order_id: str,
+    operation: str,
+    idempotency_key: str,
+    intent: IntentResult | None = None,
+    error: Exception | None = None,
+    checkout_id: str = "",
+    amount: int = 0,
+    currency: str = "",
+) -> PaymentAttempt:
+    """Record one call to Stripe (after it returned) and the PaymentIntent state it revealed."""
+    from payments.gateway import PaymentTransientError
+
+    if error is not None:
+        outcome = "transient" if isinstance(error, PaymentTransientError) else "permanent"
+        error_code = getattr(error, "stripe_code", None) or error.__class__.__name__
+        error_message = str(error)
+    else:
+        outcome = "declined" if intent is not None and intent.declined else "ok"
+        error_code = (intent.decline_code or intent.error_code or "") if intent is not None and intent.declined else ""
+        error_message = (intent.error_message or "") if intent is not None and intent.declined else ""
+    with transaction.atomic():
+        payment, _ = Payment.objects.get_or_create(
+            order_id=order_id, defaults={"checkout_id": checkout_id, "amount": amount, "currency": currency}
+        )
+        if intent is not None:
+            _apply_intent(payment_id=payment.pk, intent=intent)
+        return PaymentAttempt.objects.create(
+            payment=payment,
+            operation=operation,
+            idempotency_key=idempotency_key,
+            outcome=outcome,
+            intent_status=intent.status if intent is not None else "",
+            error_code=error_code or "",
+            error_message=error_message[:2000],
+        )
+
+
+def payment_mark_order_cancelled(*, order_id: str) -> Payment:
+    """The orders app cancelled this order: any charge that still lands on it gets refunded by reconciliation."""
+    with transaction.atomic():
+        payment, _ = Payment.objects.get_or_create(order_id=order_id)
+        Payment.objects.filter(pk=payment.pk, order_cancelled_at__isnull=True).update(
+            order_cancelled_at=timezone.now(), updated=timezone.now()
+        )
+    payment.refresh_from_db()
+    return payment
