@@ -3,3 +3,14 @@ from django.apps import AppConfig
 
 class OrdersConfig(AppConfig):
     name = "orders"
+    verbose_name = "Orders and checkout"
+
+    def ready(self) -> None:
+        # inventory and payments know nothing of orders: they call these hooks (ARCHITECTURE.md "Layout").
+        from inventory.hooks import register_expired_listener, register_extend_policy
+        from orders import saga
+        from payments.hooks import register_intent_listener
+
+        register_extend_policy(saga.saga_keeps_hold)
+        register_expired_listener(saga.saga_on_reservation_expired)
+        register_intent_listener(saga.saga_on_intent)

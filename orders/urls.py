@@ -1,1 +1,11 @@
-urlpatterns: list = []
+from django.urls import path
+
+from orders import apis
+
+urlpatterns = [
+    path("checkout/start", apis.CheckoutStartApi.as_view(), name="checkout-start"),
+    path("checkout/confirm", apis.CheckoutConfirmApi.as_view(), name="checkout-confirm"),
+    path("checkout/<str:checkout_id>", apis.CheckoutDetailApi.as_view(), name="checkout-detail"),
+    path("checkout/<str:checkout_id>/cancel", apis.CheckoutCancelApi.as_view(), name="checkout-cancel"),
+    path("orders/<str:order_id>", apis.OrderDetailApi.as_view(), name="order-detail"),
+]

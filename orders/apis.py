@@ -1,0 +1,235 @@
+"""Checkout and order endpoints (API.md "Checkout"): parse, call one saga service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from cart.identity import cart_ref_from_request
+from cartflow.idempotency import idempotent
+from cartflow.schema import problem_responses
+from orders import saga as saga_services
+from orders.errors import CartEmpty
+from orders.selectors import Caller, checkout_active_for_cart, checkout_get, checkout_view, order_get
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Same key + same body replays the stored response (24 h, scoped to the cart/user).",
+)
+IDEMPOTENCY_PROBLEMS = ("idempotency_key_reused", "idempotency_request_in_progress", "invalid_idempotency_key")
+
+
+def _caller(request: Request) -> Caller:
+    ref = cart_ref_from_request(request)
+    user = getattr(request, "user", None)
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    return Caller(cart_key=ref.key if ref else None, token_hash=ref.token_hash if ref else None, user_id=user_id)
+
+
+class CheckoutApiBase(APIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "checkout"
+
+    def idempotency_scope(self, request: Request) -> str:
+        ref = cart_ref_from_request(request)
+        return f"checkout:{ref.key}" if ref else ""
+
+
+# --- serializers ---
+
+
+class CheckoutLineOutputSerializer(serializers.Serializer):
+    productId = serializers.IntegerField(source="product_id")  # noqa: N815
+    sku = serializers.CharField()
+    name = serializers.CharField()
+    quantity = serializers.IntegerField()
+    unitPrice = serializers.IntegerField(source="unit_price", help_text="Minor units.")  # noqa: N815
+    lineTotal = serializers.IntegerField(source="line_total", help_text="Minor units.")  # noqa: N815
+
+
+class CheckoutStepOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    status = serializers.CharField(help_text="about_to, done, indeterminate, failed, or the terminal state.")
+    at = serializers.DateTimeField()
+
+
+class CheckoutOutputSerializer(serializers.Serializer):
+    checkoutId = serializers.CharField(source="checkout_id")  # noqa: N815
+    orderId = serializers.CharField(source="order_id", allow_null=True)  # noqa: N815
+    status = serializers.ChoiceField(choices=[s.value for s in saga_services.S])
+    amount = serializers.IntegerField(help_text="Minor units.")
+    currency = serializers.CharField()
+    lines = CheckoutLineOutputSerializer(many=True)
+    reservationExpiresAt = serializers.DateTimeField(source="reservation_expires_at", allow_null=True)  # noqa: N815
+    paymentClientSecret = serializers.CharField(source="payment_client_secret", allow_null=True)  # noqa: N815
+    nextAction = serializers.JSONField(source="next_action", allow_null=True, required=False)  # noqa: N815
+    paymentStatus = serializers.CharField(source="payment_status")  # noqa: N815
+
+
+class CheckoutDetailOutputSerializer(CheckoutOutputSerializer):
+    lastErrorCode = serializers.CharField(source="last_error_code", allow_null=True)  # noqa: N815
+    steps = CheckoutStepOutputSerializer(many=True)
+
+
+class CheckoutStartInputSerializer(serializers.Serializer):
+    email = serializers.EmailField(required=False, allow_blank=True)
+
+
+class CheckoutConfirmInputSerializer(serializers.Serializer):
+    paymentMethodId = serializers.CharField(source="payment_method", max_length=255)  # noqa: N815
+    checkoutId = serializers.CharField(source="checkout_id", required=False, max_length=40)  # noqa: N815
+
+
+class OrderLineOutputSerializer(serializers.Serializer):
+    productId = serializers.IntegerField(source="product_id")  # noqa: N815
+    sku = serializers.CharField()
+    name = serializers.CharField()
+    quantity = serializers.IntegerField()
+    unitPrice = serializers.IntegerField(source="unit_price")  # noqa: N815
+    lineTotal = serializers.IntegerField(source="line_total")  # noqa: N815
+
+
+class OrderOutputSerializer(serializers.Serializer):
+    orderId = serializers.CharField(source="public_id")  # noqa: N815
+    status = serializers.CharField()
+    paymentStatus = serializers.CharField(source="payment_status")  # noqa: N815
+    email = serializers.CharField()
+    currency = serializers.CharField()
+    subtotal = serializers.IntegerField()
+    total = serializers.IntegerField()
+    amountRefunded = serializers.IntegerField(source="amount_refunded")  # noqa: N815
+    lines = OrderLineOutputSerializer(many=True, source="lines.all")
+    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+
+
+def _render(saga: Any, *, status: int = 200, detail: bool = False) -> Response:
+    serializer = CheckoutDetailOutputSerializer if detail else CheckoutOutputSerializer
+    return Response(serializer(checkout_view(saga=saga, steps=detail)).data, status=status)
+
+
+# --- views ---
+
+
+class CheckoutStartApi(CheckoutApiBase):
+    @extend_schema(
+        operation_id="checkout_start",
+        request=CheckoutStartInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: CheckoutOutputSerializer,
+            200: CheckoutOutputSerializer,
+            **problem_responses(
+                "cart_empty",
+                "insufficient_stock",
+                "product_not_found",
+                "inventory_contention",
+                "checkout_in_progress",
+                "payment_provider_unavailable",
+                *IDEMPOTENCY_PROBLEMS,
+                body=True,
+            ),
+        },
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = CheckoutStartInputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        caller = _caller(request)
+        if caller.cart_key is None:
+            raise CartEmpty("There is no cart to check out.")
+        saga, created = saga_services.checkout_start(
+            cart_key=caller.cart_key,
+            token_hash=caller.token_hash,
+            user_id=caller.user_id,
+            email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
+        )
+        return _render(saga, status=201 if created else 200)
+
+
+class CheckoutConfirmApi(CheckoutApiBase):
+    @extend_schema(
+        operation_id="checkout_confirm",
+        request=CheckoutConfirmInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            200: CheckoutOutputSerializer,
+            202: CheckoutOutputSerializer,
+            **problem_responses(
+                "checkout_not_found",
+                "payment_declined",
+                "reservation_expired",
+                "checkout_not_confirmable",
+                "checkout_in_progress",
+                "payment_provider_unavailable",
+                *IDEMPOTENCY_PROBLEMS,
+                body=True,
+            ),
+        },
+    )
+    @idempotent
+    def post(self, request: Request) -> Response:
+        data = CheckoutConfirmInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        caller = _caller(request)
+        checkout_id = data.validated_data.get("checkout_id")
+        found = (
+            checkout_get(checkout_id=checkout_id, caller=caller)
+            if checkout_id
+            else checkout_active_for_cart(caller=caller)
+        )
+        saga = saga_services.checkout_confirm(saga_id=found.pk, payment_method=data.validated_data["payment_method"])
+        return _render(saga, status=202 if saga.state not in ("confirmed", "fulfilled") else 200)
+
+
+class CheckoutDetailApi(CheckoutApiBase):
+    throttle_classes: list = []
+
+    @extend_schema(
+        operation_id="checkout_retrieve",
+        responses={200: CheckoutDetailOutputSerializer, **problem_responses("checkout_not_found")},
+    )
+    def get(self, request: Request, checkout_id: str) -> Response:
+        saga = checkout_get(checkout_id=checkout_id, caller=_caller(request))
+        return _render(saga, detail=True)
+
+
+class CheckoutCancelApi(CheckoutApiBase):
+    @extend_schema(
+        operation_id="checkout_cancel",
+        request=None,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            200: CheckoutOutputSerializer,
+            **problem_responses(
+                "checkout_not_found",
+                "checkout_not_cancellable",
+                "checkout_in_progress",
+                "payment_provider_unavailable",
+                *IDEMPOTENCY_PROBLEMS,
+            ),
+        },
+    )
+    @idempotent
+    def post(self, request: Request, checkout_id: str) -> Response:
+        found = checkout_get(checkout_id=checkout_id, caller=_caller(request))
+        saga = saga_services.checkout_cancel(saga_id=found.pk)
+        return _render(saga)
+
+
+class OrderDetailApi(APIView):
+    @extend_schema(
+        operation_id="order_retrieve",
+        responses={200: OrderOutputSerializer, **problem_responses("order_not_found")},
+    )
+    def get(self, request: Request, order_id: str) -> Response:
+        order = order_get(order_id=order_id, caller=_caller(request))
+        return Response(OrderOutputSerializer(order).data)

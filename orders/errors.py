@@ -1,0 +1,43 @@
+"""Domain errors of checkout and orders (codes from cartflow/problems.py)."""
+
+from __future__ import annotations
+
+from cartflow.problems import DomainError
+
+
+class CartEmpty(DomainError):
+    code = "cart_empty"
+
+
+class CheckoutNotFound(DomainError):
+    code = "checkout_not_found"
+
+
+class OrderNotFound(DomainError):
+    code = "order_not_found"
+
+
+class CheckoutInProgress(DomainError):
+    """Another process drives this saga right now (its lease is live, or a version check was lost)."""
+
+    code = "checkout_in_progress"
+
+
+class PaymentDeclined(DomainError):
+    code = "payment_declined"
+
+
+class ReservationExpired(DomainError):
+    code = "reservation_expired"
+
+
+class CheckoutNotConfirmable(DomainError):
+    code = "checkout_not_confirmable"
+
+
+class CheckoutNotCancellable(DomainError):
+    code = "checkout_not_cancellable"
+
+
+class ProductUnavailable(DomainError):
+    code = "product_not_found"

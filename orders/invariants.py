@@ -1,0 +1,78 @@
+"""Checkout invariants for `manage.py check_invariants` (ARCHITECTURE.md "Invariants")."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.db.models import Count, Q, Sum
+
+from cartflow.invariants import invariant
+from inventory.models import Reservation
+from orders.models import CheckoutSaga, Order, OrderLine
+
+
+@invariant("orders: a terminal checkout holds no stock")
+def terminal_saga_holds_nothing() -> list[str]:
+    terminal = CheckoutSaga.objects.filter(state__in=CheckoutSaga.TERMINAL).values_list("public_id", flat=True)
+    held = Reservation.objects.filter(status="HELD", holder__in=terminal).values_list("holder", "product_id")
+    return [f"checkout {holder} is terminal but holds product {pid}" for holder, pid in held]
+
+
+@invariant("orders: a paid order is confirmed, fulfilled or refunded")
+def paid_order_confirmed_or_refunded() -> list[str]:
+    # Settled only: a saga still moving (active) may be between "paid" and "confirmed".
+    rows = (
+        Order.objects.filter(payment_status="succeeded")
+        .exclude(status__in=["confirmed", "fulfilled"])
+        .exclude(saga__state__in=CheckoutSaga.ACTIVE)
+        .values_list("public_id", "status")
+    )
+    return [f"order {oid} was charged but is {status} and not refunded" for oid, status in rows]
+
+
+@invariant("orders: at most one succeeded PaymentIntent per order")
+def one_succeeded_intent_per_order() -> list[str]:
+    from payments.models import Payment
+
+    dupes = (
+        Payment.objects.filter(status="succeeded")
+        .values("order_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .values_list("order_id", "n")
+    )
+    out = [f"order {oid} has {n} succeeded PaymentIntents" for oid, n in dupes]
+    paid_elsewhere = (
+        Order.objects.filter(payment_status="succeeded")
+        .exclude(payment_intent_id="")
+        .values_list("public_id", "payment_intent_id")
+    )
+    for oid, pi in paid_elsewhere:
+        other = Payment.objects.filter(order_id=oid).exclude(Q(intent_id=pi) | Q(intent_id__isnull=True)).first()
+        if other is not None and other.status == "succeeded":
+            out.append(f"order {oid} has a second succeeded PaymentIntent {other.intent_id}")
+    return out
+
+
+@invariant("orders: committed stock equals the lines of confirmed orders")
+def committed_equals_confirmed_lines() -> list[str]:
+    committed: dict[tuple[str, int], int] = defaultdict(int)
+    for holder, pid, qty in Reservation.objects.filter(status="COMMITTED").values_list(
+        "holder", "product_id", "quantity"
+    ):
+        committed[(holder, pid)] += qty
+    sold: dict[tuple[str, int], int] = defaultdict(int)
+    lines = (
+        OrderLine.objects.filter(order__status__in=["confirmed", "fulfilled"])
+        .values("order__saga__public_id", "product_id")
+        .annotate(q=Sum("quantity"))
+    )
+    for row in lines:
+        sold[(row["order__saga__public_id"], row["product_id"])] += row["q"]
+    out = []
+    for key in sorted(set(committed) | set(sold), key=str):
+        if committed.get(key, 0) != sold.get(key, 0):
+            out.append(
+                f"checkout {key[0]} product {key[1]}: committed {committed.get(key, 0)}, sold {sold.get(key, 0)}"
+            )
+    return out

@@ -1,0 +1,209 @@
+"""Orders, the checkout saga that produces them, its append-only step log, and the outbox.
+
+State fields change only through orders/saga.py (version-checked UPDATEs); admin and views read.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def public_id(prefix: str) -> str:
+    """``<prefix>_<26 base32 chars>``: 128 random bits, opaque, URL-safe."""
+    return f"{prefix}_{base64.b32encode(secrets.token_bytes(16)).decode().rstrip('=').lower()}"
+
+
+def new_order_id() -> str:
+    return public_id("ord")
+
+
+def new_checkout_id() -> str:
+    return public_id("chk")
+
+
+class Order(models.Model):
+    class Status(models.TextChoices):
+        AWAITING_PAYMENT = "awaiting_payment"
+        PAID = "paid"
+        CONFIRMED = "confirmed"
+        FULFILLED = "fulfilled"
+        CANCELLED = "cancelled"
+
+    class PaymentStatus(models.TextChoices):
+        NONE = "none"
+        REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+        REQUIRES_ACTION = "requires_action"
+        PROCESSING = "processing"
+        SUCCEEDED = "succeeded"
+        CANCELED = "canceled"
+        REFUNDED = "refunded"
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_order_id, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders"
+    )
+    email = models.EmailField(blank=True, default="")
+    cart_key = models.CharField(max_length=80, db_index=True)
+    cart_token_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.AWAITING_PAYMENT)
+    payment_status = models.CharField(max_length=32, choices=PaymentStatus.choices, default=PaymentStatus.NONE)
+    payment_intent_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    currency = models.CharField(max_length=3)
+    subtotal = models.PositiveBigIntegerField(help_text="Minor units.")
+    total = models.PositiveBigIntegerField(help_text="Minor units.")
+    amount_refunded = models.PositiveBigIntegerField(default=0, help_text="Minor units.")
+    flagged_for_review = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(currency__regex=r"^[a-z]{3}$"), name="order_currency_iso"),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey("inventory.Product", on_delete=models.PROTECT, related_name="+")
+    sku = models.CharField(max_length=64)
+    name = models.CharField(max_length=200)
+    unit_price = models.PositiveBigIntegerField(help_text="Price snapshot at checkout start, minor units.")
+    quantity = models.PositiveIntegerField()
+    line_total = models.PositiveBigIntegerField()
+
+    class Meta:
+        ordering = ["order_id", "product_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "product"], name="order_line_one_per_product"),
+            models.CheckConstraint(condition=Q(quantity__gt=0), name="order_line_quantity_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} × {self.sku}"
+
+
+TERMINAL_STATES = ("fulfilled", "failed", "expired", "cancelled")
+ACTIVE_STATES = ("reserved", "awaiting_payment", "requires_action", "paid", "confirmed")
+
+
+class CheckoutSaga(models.Model):
+    """One run of the checkout saga for one cart. ``state`` is the API's checkout status."""
+
+    class State(models.TextChoices):
+        RESERVED = "reserved"
+        AWAITING_PAYMENT = "awaiting_payment"
+        REQUIRES_ACTION = "requires_action"
+        PAID = "paid"
+        CONFIRMED = "confirmed"
+        FULFILLED = "fulfilled"
+        FAILED = "failed"
+        EXPIRED = "expired"
+        CANCELLED = "cancelled"
+
+    class StepStatus(models.TextChoices):
+        PENDING = "pending"
+        ABOUT_TO = "about_to"
+        DONE = "done"
+        INDETERMINATE = "indeterminate"
+        FAILED = "failed"
+
+    TERMINAL = TERMINAL_STATES
+    ACTIVE = ACTIVE_STATES
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_checkout_id, editable=False)
+    order = models.OneToOneField(Order, null=True, blank=True, on_delete=models.PROTECT, related_name="saga")
+    cart_key = models.CharField(max_length=80)
+    cart_version = models.PositiveBigIntegerField(default=0)
+    cart_token_hash = models.CharField(max_length=64, blank=True, default="")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    email = models.EmailField(blank=True, default="")
+    lines = models.JSONField(default=list, help_text="The cart's lines priced from the catalog at start.")
+    currency = models.CharField(max_length=3, blank=True, default="")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.RESERVED)
+    step = models.CharField(max_length=32, default="reserve")
+    step_status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    compensate_to = models.CharField(
+        max_length=20, blank=True, default="", help_text="Set while compensating: the terminal state it ends in."
+    )
+    attempt = models.PositiveIntegerField(default=0, help_text="Confirm attempts so far (keys the Stripe call).")
+    payment_intent_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    client_secret = models.CharField(max_length=255, blank=True, default="")
+    next_action = models.JSONField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When the stock hold expires.")
+    last_error_code = models.CharField(max_length=64, blank=True, default="")
+    last_error_message = models.TextField(blank=True, default="")
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    version = models.PositiveBigIntegerField(default=0)
+    requires_human = models.BooleanField(default=False)
+    human_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "checkout saga"
+        constraints = [
+            # At most one active checkout per cart: a concurrent second start loses on this index.
+            models.UniqueConstraint(
+                fields=["cart_key"], condition=Q(state__in=ACTIVE_STATES), name="checkout_one_active_per_cart"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["lease_expires_at"], condition=~Q(state__in=TERMINAL_STATES), name="saga_active_lease"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in self.TERMINAL
+
+
+class SagaStep(models.Model):
+    """Append-only log of every step transition of a saga."""
+
+    saga = models.ForeignKey(CheckoutSaga, on_delete=models.CASCADE, related_name="log")
+    step = models.CharField(max_length=32)
+    outcome = models.CharField(max_length=16)
+    at = models.DateTimeField(auto_now_add=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.step} {self.outcome}"
+
+
+class Outbox(models.Model):
+    """Events leaving the system, written in the transaction that caused them; consumed at least once."""
+
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "outbox"
+        indexes = [models.Index(fields=["id"], condition=Q(processed_at__isnull=True), name="outbox_unprocessed")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} #{self.pk}"

@@ -1,0 +1,849 @@
+"""The checkout saga, top to bottom.
+
+    step                   side effect                          compensation
+    ---------------------  -----------------------------------  ------------------------------------------
+    reserve                hold stock for every line            release        (HELD → RELEASED/EXPIRED)
+    create_order           Order + OrderLines (same tx as done) cancel_order   (order cancelled; payments told)
+    create_payment_intent  the order's one Stripe PaymentIntent cancel_payment_intent
+    charge                 confirm the PI with a payment method refund         (when the PI had succeeded)
+    confirm                commit the hold, order confirmed,    —  (a confirmed order is never compensated)
+                           outbox event order.confirmed
+    fulfil                 (outbox consumer) order fulfilled,   —
+                           cart cleared, order.confirmed logged
+
+Rules every step follows:
+
+- Persist "about to" (``step_status = about_to``) before the side effect, "done" after it; each is a
+  version-checked UPDATE (``WHERE version = ?``) plus a SagaStep log row in one short transaction.
+- A process drives a saga only while it holds the saga's lease (``lease_owner``/``lease_expires_at``,
+  taken with a version-checked UPDATE and renewed by every save). A lost version check raises
+  :class:`~orders.errors.CheckoutInProgress`: two processes never both drive one saga.
+- Never a Stripe or Redis call inside a database transaction.
+- A Stripe outcome that is unknown (timeout, lost response) makes the step ``indeterminate``; only the
+  PaymentIntent retrieved from Stripe settles it (:func:`_settle_charge`).
+- Compensation runs in reverse order and every undo is safe to run twice; before refunding it re-reads
+  the saga in case another attempt already completed the order (Medusa #13301).
+- A crash leaves the lease to lapse; ``recover_sagas`` (:func:`saga_recover`) resumes from what was
+  persisted: it re-runs idempotent steps, asks Stripe for the truth, then finishes or compensates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from cart.services import cart_clear, cart_snapshot
+from inventory.selectors import product_infos_get, reservations_for_holder
+from inventory.services import (
+    InsufficientStock,
+    InventoryContention,
+    ReservationStateError,
+    ReserveLine,
+    reservation_commit,
+    reservation_release,
+    reservation_reserve,
+)
+from orders.errors import (
+    CartEmpty,
+    CheckoutInProgress,
+    CheckoutNotCancellable,
+    CheckoutNotConfirmable,
+    PaymentDeclined,
+    ProductUnavailable,
+    ReservationExpired,
+)
+from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from payments.gateway import (
+    IntentResult,
+    PaymentPermanentError,
+    PaymentTransientError,
+    payment_intent_cancel,
+    payment_intent_confirm,
+    payment_intent_create,
+    payment_intent_retrieve,
+    refund_create,
+)
+from payments.services import payment_mark_order_cancelled
+
+log = structlog.get_logger("cartflow.checkout")
+S = CheckoutSaga.State
+ABOUT_TO, DONE, INDETERMINATE, FAILED = "about_to", "done", "indeterminate", "failed"
+
+
+# --- test-only crash injection ----------------------------------------------------------------------
+
+
+class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error, it is the process dying
+    """Raised at an armed crash point; BaseException so no ``except Exception`` in the saga catches it."""
+
+
+# Names like "charge:before" (after "about to" is saved, before the side effect) and "charge:after"
+# (after the side effect, before "done" is saved). One-shot: a point fires once, then is disarmed.
+crash_points: set[str] = set()
+
+
+def _crash_point(name: str) -> None:
+    if name in crash_points:
+        crash_points.discard(name)
+        raise SimulatedCrash(name)
+
+
+# --- persistence: version-checked saves, the lease ---------------------------------------------------
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=getattr(settings, "CARTFLOW_SAGA_LEASE_SECONDS", 30))
+
+
+def _save(
+    saga: CheckoutSaga,
+    *,
+    log_step: str | None = None,
+    outcome: str = "",
+    details: dict[str, Any] | None = None,
+    also: Callable[[], dict[str, Any] | None] | None = None,
+    **fields: Any,
+) -> None:
+    """One short transaction: ``also()`` (extra writes, may return more fields), the version-checked
+    UPDATE of the saga (renewing the lease), and a log row. Raises CheckoutInProgress if the version moved."""
+    now = timezone.now()
+    with transaction.atomic():
+        extra = also() if also else None
+        if extra:
+            fields.update(extra)
+        if saga.lease_owner and "lease_owner" not in fields:
+            fields["lease_expires_at"] = now + _lease()
+        updated = CheckoutSaga.objects.filter(pk=saga.pk, version=saga.version).update(
+            version=F("version") + 1, updated_at=now, **fields
+        )
+        if not updated:
+            raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
+        if log_step:
+            SagaStep.objects.create(saga_id=saga.pk, step=log_step, outcome=outcome, details=details or {})
+    saga.version += 1
+    for name, value in fields.items():
+        setattr(saga, name, value)
+
+
+def _about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
+    _save(saga, log_step=step, outcome=ABOUT_TO, step=step, step_status=ABOUT_TO, **fields)
+    _crash_point(f"{step}:before")
+
+
+def _done(saga: CheckoutSaga, step: str, *, details: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    _crash_point(f"{step}:after")
+    _save(saga, log_step=step, outcome=DONE, details=details, step=step, step_status=DONE, **kwargs)
+
+
+def _acquire(saga_id: int, *, owner: str, wait: float = 0.0) -> CheckoutSaga:
+    """Take the saga's lease (version-checked); wait up to ``wait`` seconds for a live lease to end."""
+    deadline = time.monotonic() + wait
+    while True:
+        saga = CheckoutSaga.objects.get(pk=saga_id)
+        now = timezone.now()
+        held = saga.lease_owner and saga.lease_owner != owner and saga.lease_expires_at and saga.lease_expires_at > now
+        if not held:
+            won = CheckoutSaga.objects.filter(pk=saga.pk, version=saga.version).update(
+                lease_owner=owner, lease_expires_at=now + _lease(), version=F("version") + 1
+            )
+            if won:
+                saga.version += 1
+                saga.lease_owner, saga.lease_expires_at = owner, now + _lease()
+                return saga
+        if time.monotonic() >= deadline:
+            raise CheckoutInProgress(
+                "Another request is working on this checkout.", retry_after=1, checkoutId=saga.public_id
+            )
+        time.sleep(0.05)
+
+
+def _release_lease(saga: CheckoutSaga) -> None:
+    with contextlib.suppress(CheckoutInProgress):  # someone took over a lapsed lease: theirs now
+        _save(saga, lease_owner="", lease_expires_at=None)
+
+
+@contextlib.contextmanager
+def _driving(saga_id: int, *, wait: float = 0.0) -> Iterator[CheckoutSaga]:
+    """Hold the lease while the block drives the saga. A crash (BaseException) keeps it, so it lapses."""
+    saga = _acquire(saga_id, owner=uuid.uuid4().hex, wait=wait)
+    try:
+        yield saga
+    except Exception:
+        _release_lease(saga)
+        raise
+    _release_lease(saga)
+
+
+# --- start: reserve → create_order → create_payment_intent --------------------------------------------
+
+
+def _priced_lines(lines: tuple) -> tuple[list[dict[str, Any]], str]:
+    """The cart's lines priced from the catalog now (never from the client)."""
+    infos = product_infos_get(product_ids=[line.product_id for line in lines])
+    priced, currencies = [], set()
+    for line in lines:
+        info = infos.get(line.product_id)
+        if info is None:
+            raise ProductUnavailable(f"Product {line.product_id} is no longer sold.", productId=line.product_id)
+        currencies.add(info.currency)
+        priced.append(
+            {
+                "product_id": info.id,
+                "sku": info.sku,
+                "name": info.name,
+                "unit_price": info.price,
+                "quantity": line.quantity,
+            }
+        )
+    if len(currencies) != 1:
+        raise ProductUnavailable("The cart mixes currencies.", productId=lines[0].product_id)
+    return priced, currencies.pop()
+
+
+def checkout_start(
+    *, cart_key: str, token_hash: str | None = None, user_id: int | None = None, email: str | None = None
+) -> tuple[CheckoutSaga, bool]:
+    """Start the cart's checkout, or return its active one. Returns ``(saga, created)``.
+
+    The partial unique index on ``cart_key`` (active states) makes a concurrent second start lose the
+    insert; it then waits briefly for the winner to reach ``awaiting_payment`` and returns it.
+    """
+    snapshot = cart_snapshot(key=cart_key)
+    deadline = time.monotonic() + getattr(settings, "CARTFLOW_CHECKOUT_START_WAIT_SECONDS", 5.0)
+    owner = uuid.uuid4().hex
+    while True:
+        active = CheckoutSaga.objects.filter(cart_key=cart_key, state__in=CheckoutSaga.ACTIVE).first()
+        if active is None:
+            if not snapshot.lines:
+                raise CartEmpty("There is nothing in the cart to check out.")
+            priced, currency = _priced_lines(snapshot.lines)
+            try:
+                with transaction.atomic():
+                    saga = CheckoutSaga.objects.create(
+                        cart_key=cart_key,
+                        cart_version=snapshot.version,
+                        cart_token_hash=token_hash or "",
+                        user_id=user_id,
+                        email=email or "",
+                        lines=priced,
+                        currency=currency,
+                        lease_owner=owner,
+                        lease_expires_at=timezone.now() + _lease(),
+                    )
+                    SagaStep.objects.create(
+                        saga=saga, step="start", outcome=DONE, details={"cartVersion": snapshot.version}
+                    )
+            except IntegrityError:
+                continue  # a concurrent start won the index: return theirs
+            try:
+                _run_start(saga)
+            except Exception:
+                _release_lease(saga)
+                raise
+            _release_lease(saga)
+            return saga, True
+        if active.state != S.RESERVED and not active.compensate_to:
+            return active, False
+        if time.monotonic() >= deadline:
+            raise CheckoutInProgress(
+                "This cart's checkout is being started.", retry_after=1, checkoutId=active.public_id
+            )
+        time.sleep(0.05)
+
+
+def _run_start(saga: CheckoutSaga) -> None:
+    """Drive the start steps from wherever the saga is (also used by recovery)."""
+    if saga.order_id is None and saga.step == "reserve" and saga.step_status != DONE:
+        _step_reserve(saga)
+    if saga.order_id is None:
+        _step_create_order(saga)
+    if not saga.payment_intent_id:
+        _step_create_payment_intent(saga)
+
+
+def _reserve_lines(saga: CheckoutSaga) -> list[ReserveLine]:
+    return [ReserveLine(product_id=line["product_id"], quantity=line["quantity"]) for line in saga.lines]
+
+
+def _step_reserve(saga: CheckoutSaga) -> None:
+    _about_to(saga, "reserve")
+    try:
+        held = reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
+    except (InsufficientStock, InventoryContention) as exc:
+        _fail_and_compensate(saga, "reserve", exc, to=S.FAILED)
+        raise
+    _done(saga, "reserve", expires_at=min(r.expires_at for r in held), details={"units": sum(r.quantity for r in held)})
+
+
+def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
+    _about_to(saga, "release")
+    released = reservation_release(holder=saga.public_id, status="EXPIRED" if to == S.EXPIRED else "RELEASED")
+    _done(saga, "release", details={"units": released})
+
+
+def _step_create_order(saga: CheckoutSaga) -> None:
+    _about_to(saga, "create_order")
+    _crash_point("create_order:after")  # the order and "done" commit together: a crash here left no order
+
+    def create() -> dict[str, Any]:
+        subtotal = sum(line["unit_price"] * line["quantity"] for line in saga.lines)
+        order = Order.objects.create(
+            user_id=saga.user_id,
+            email=saga.email,
+            cart_key=saga.cart_key,
+            cart_token_hash=saga.cart_token_hash,
+            currency=saga.currency,
+            subtotal=subtotal,
+            total=subtotal,
+        )
+        OrderLine.objects.bulk_create(
+            OrderLine(
+                order=order,
+                product_id=line["product_id"],
+                sku=line["sku"],
+                name=line["name"],
+                unit_price=line["unit_price"],
+                quantity=line["quantity"],
+                line_total=line["unit_price"] * line["quantity"],
+            )
+            for line in saga.lines
+        )
+        return {"order": order}
+
+    _save(saga, log_step="create_order", outcome=DONE, step="create_order", step_status=DONE, also=create)
+
+
+def _compensate_cancel_order(saga: CheckoutSaga) -> None:
+    _about_to(saga, "cancel_order")
+    payment_mark_order_cancelled(order_id=saga.order.public_id)
+
+    def cancel() -> None:
+        Order.objects.filter(pk=saga.order_id).exclude(status__in=["confirmed", "fulfilled"]).update(
+            status=Order.Status.CANCELLED, updated_at=timezone.now()
+        )
+
+    _done(saga, "cancel_order", also=cancel)
+
+
+def _step_create_payment_intent(saga: CheckoutSaga) -> None:
+    order = saga.order
+    _about_to(saga, "create_payment_intent")
+    try:
+        # Keyed by the order: a retry after a crash or timeout gets the same PaymentIntent back.
+        intent = payment_intent_create(
+            order_id=order.public_id,
+            checkout_id=saga.public_id,
+            amount=order.total,
+            currency=order.currency,
+            email=order.email or None,
+        )
+    except (PaymentTransientError, PaymentPermanentError) as exc:
+        _fail_and_compensate(saga, "create_payment_intent", exc, to=S.FAILED)
+        raise
+
+    def link() -> None:
+        Order.objects.filter(pk=order.pk).update(
+            payment_intent_id=intent.intent_id, payment_status=intent.status, updated_at=timezone.now()
+        )
+
+    _done(
+        saga,
+        "create_payment_intent",
+        also=link,
+        details={"intent": intent.intent_id},
+        payment_intent_id=intent.intent_id,
+        client_secret=intent.client_secret or "",
+        state=S.AWAITING_PAYMENT,
+    )
+
+
+def _compensate_cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
+    """Cancel the PI. Returns the PI; ``succeeded`` means it was paid and could not be cancelled."""
+    order = saga.order
+    if not saga.payment_intent_id:
+        if saga.step != "create_payment_intent":
+            return None
+        # The create may have reached Stripe: ask again with the same key to learn the id, then cancel.
+        try:
+            intent = payment_intent_create(
+                order_id=order.public_id, checkout_id=saga.public_id, amount=order.total, currency=order.currency
+            )
+        except (PaymentTransientError, PaymentPermanentError):
+            return None  # nothing was confirmed on it; a stray PI without a payment method moves no money
+        _save(saga, payment_intent_id=intent.intent_id)
+    _about_to(saga, "cancel_payment_intent")
+    intent = payment_intent_cancel(order_id=order.public_id, intent_id=saga.payment_intent_id)
+    _done(saga, "cancel_payment_intent", details={"status": intent.status}, also=_order_payment(order.pk, intent))
+    return intent
+
+
+# --- confirm: charge → confirm ---------------------------------------------------------------------------
+
+
+def checkout_confirm(*, saga_id: int, payment_method: str) -> CheckoutSaga:
+    """Charge the checkout's PaymentIntent and, once paid, confirm the order.
+
+    Returns the saga (``confirmed``/``fulfilled``, or ``requires_action`` for 3-D Secure). Raises
+    PaymentDeclined (the checkout stays open), ReservationExpired, CheckoutNotConfirmable,
+    CheckoutInProgress, PaymentTransientError (outcome unknown: the step is ``indeterminate``).
+    """
+    wait = getattr(settings, "CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
+    with _driving(saga_id, wait=wait) as saga:
+        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
+            _settle_charge(saga)
+        if saga.state == S.PAID and not saga.compensate_to:
+            _step_confirm(saga)
+        if saga.state in (S.CONFIRMED, S.FULFILLED):
+            return saga
+        if saga.state == S.EXPIRED:
+            raise ReservationExpired(checkoutId=saga.public_id)
+        if saga.state not in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) or saga.compensate_to:
+            raise CheckoutNotConfirmable(
+                f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state
+            )
+        if _hold_lapsed(saga):
+            _compensate(saga, to=S.EXPIRED)
+            if saga.state in (S.CONFIRMED, S.FULFILLED):  # it had been paid after all, and the stock was there
+                return saga
+            raise ReservationExpired(checkoutId=saga.public_id)
+        _step_charge(saga, payment_method=payment_method)
+        if saga.state == S.PAID:
+            _step_confirm(saga)
+        return saga
+
+
+def _hold_lapsed(saga: CheckoutSaga) -> bool:
+    rows = reservations_for_holder(holder=saga.public_id)
+    now = timezone.now()
+    return not rows or any(
+        r.status in ("EXPIRED", "RELEASED") or (r.status == "HELD" and r.expires_at <= now) for r in rows
+    )
+
+
+def _step_charge(saga: CheckoutSaga, *, payment_method: str) -> None:
+    # Every attempt has its own Stripe idempotency key (order + attempt); one PaymentIntent per order means
+    # at most one capture whatever happens.
+    _about_to(saga, "charge", attempt=saga.attempt + 1, last_error_code="", last_error_message="")
+    try:
+        intent = payment_intent_confirm(
+            order_id=saga.order.public_id,
+            intent_id=saga.payment_intent_id,
+            payment_method=payment_method,
+            attempt=saga.attempt,
+        )
+    except PaymentTransientError as exc:
+        _save(saga, log_step="charge", outcome=INDETERMINATE, step_status=INDETERMINATE, details={"error": str(exc)})
+        _settle_charge(saga)  # maybe Stripe answers a retrieve now
+        if saga.step_status == INDETERMINATE or saga.state == S.AWAITING_PAYMENT:
+            raise
+        return
+    except PaymentPermanentError as exc:
+        # e.g. an unknown payment method id: the buyer can try another one.
+        _record_decline(saga, code=exc.stripe_code or "invalid_payment_method", message=str(exc))
+        raise PaymentDeclined(
+            str(exc), declineCode=exc.stripe_code or "invalid_payment_method", checkoutId=saga.public_id
+        ) from exc
+    _apply_intent(saga, intent, raise_decline=True)
+
+
+def _settle_charge(saga: CheckoutSaga) -> None:
+    """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now."""
+    intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
+    if intent.status in ("requires_payment_method", "requires_confirmation") and not intent.declined:
+        # The confirm never took effect: nothing charged, the checkout stays open.
+        _save(
+            saga,
+            log_step="charge",
+            outcome=FAILED,
+            step_status=FAILED,
+            state=S.AWAITING_PAYMENT,
+            details={"settled": intent.status},
+        )
+        return
+    _apply_intent(saga, intent, raise_decline=False)
+
+
+def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bool) -> None:
+    """Move the saga forward to what the PaymentIntent says (never backwards)."""
+    order_sync = _order_payment(saga.order_id, intent)
+    if intent.succeeded:
+        _done(
+            saga,
+            "charge",
+            details={"status": intent.status},
+            state=S.PAID,
+            next_action=None,
+            also=_order_paid(saga, intent),
+        )
+    elif intent.requires_action:
+        _done(
+            saga,
+            "charge",
+            details={"status": intent.status},
+            state=S.REQUIRES_ACTION,
+            next_action=intent.next_action,
+            client_secret=intent.client_secret or saga.client_secret,
+            also=order_sync,
+        )
+    elif intent.declined:
+        code = intent.decline_code or intent.error_code or "card_declined"
+        _record_decline(saga, code=code, message=intent.error_message or "", also=order_sync)
+        if raise_decline:
+            raise PaymentDeclined(
+                intent.error_message or "The card was declined.", declineCode=code, checkoutId=saga.public_id
+            )
+    elif intent.canceled:
+        _compensate(saga, to=S.FAILED, code="payment_canceled", message="The PaymentIntent was canceled.")
+    else:  # processing: the webhook or recovery settles it
+        _save(
+            saga, log_step="charge", outcome=INDETERMINATE, step_status=INDETERMINATE, details={"status": intent.status}
+        )
+
+
+def _record_decline(saga: CheckoutSaga, *, code: str, message: str, also: Callable | None = None) -> None:
+    _save(
+        saga,
+        log_step="charge",
+        outcome=FAILED,
+        details={"declineCode": code},
+        step="charge",
+        step_status=FAILED,
+        state=S.AWAITING_PAYMENT,
+        next_action=None,
+        last_error_code=code,
+        last_error_message=message[:2000],
+        also=also,
+    )
+
+
+def _order_payment(order_pk: int | None, intent: IntentResult) -> Callable[[], None]:
+    def sync() -> None:
+        if order_pk is not None:
+            Order.objects.filter(pk=order_pk).exclude(payment_status="refunded").update(
+                payment_status=intent.status, updated_at=timezone.now()
+            )
+
+    return sync
+
+
+def _order_paid(saga: CheckoutSaga, intent: IntentResult) -> Callable[[], None]:
+    def paid() -> None:
+        Order.objects.filter(pk=saga.order_id, status=Order.Status.AWAITING_PAYMENT).update(
+            status=Order.Status.PAID, updated_at=timezone.now()
+        )
+        _order_payment(saga.order_id, intent)()
+
+    return paid
+
+
+def _step_confirm(saga: CheckoutSaga) -> None:
+    _about_to(saga, "confirm")
+    try:
+        reservation_commit(holder=saga.public_id)  # already committed → no-op
+    except ReservationStateError:
+        # The hold lapsed while the buyer paid: take the stock again if it is still there, else refund.
+        try:
+            reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
+            reservation_commit(holder=saga.public_id)
+        except (InsufficientStock, ReservationStateError) as exc:
+            _fail_and_compensate(saga, "confirm", exc, to=S.FAILED)
+            return
+
+    def confirm() -> None:
+        Order.objects.filter(pk=saga.order_id).update(status=Order.Status.CONFIRMED, updated_at=timezone.now())
+        event = Outbox.objects.create(
+            event_type="order.confirmed",
+            payload={"checkoutId": saga.public_id, "orderId": saga.order.public_id},
+        )
+        transaction.on_commit(lambda: _enqueue_outbox(event.pk))
+
+    _done(saga, "confirm", state=S.CONFIRMED, also=confirm)
+    log.info("checkout_confirmed", checkout_id=saga.public_id, order_id=saga.order.public_id)
+
+
+def _enqueue_outbox(outbox_id: int) -> None:
+    from orders.tasks import outbox_process_task
+
+    try:
+        outbox_process_task.delay(outbox_id)
+    except Exception:  # noqa: BLE001 - the broker is down: the beat sweep re-enqueues unprocessed rows
+        log.warning("outbox_enqueue_failed", outbox_id=outbox_id)
+
+
+# --- fulfil (the outbox consumer) --------------------------------------------------------------------------
+
+
+def saga_fulfil(*, checkout_id: str, outbox_id: int | None = None) -> CheckoutSaga:
+    """Mark the order fulfilled, clear the cart, emit order.confirmed. Idempotent (at-least-once consumer)."""
+    saga_pk = CheckoutSaga.objects.values_list("pk", flat=True).get(public_id=checkout_id)
+    with _driving(saga_pk, wait=2.0) as saga:
+        if saga.state == S.CONFIRMED:
+            _about_to(saga, "fulfil")
+            # Only what was checked out: a cart the buyer changed since the start is left alone.
+            cleared = cart_clear(key=saga.cart_key, if_version=saga.cart_version)
+            order = saga.order
+            log.info(
+                "order.confirmed",
+                order_id=order.public_id,
+                checkout_id=saga.public_id,
+                amount=order.total,
+                currency=order.currency,
+                email=order.email,
+                cart_cleared=cleared,
+            )
+
+            def fulfil() -> None:
+                Order.objects.filter(pk=saga.order_id).update(status=Order.Status.FULFILLED, updated_at=timezone.now())
+
+            _done(saga, "fulfil", state=S.FULFILLED, also=fulfil, details={"cartCleared": cleared})
+        if outbox_id is not None and saga.state == S.FULFILLED:
+            Outbox.objects.filter(pk=outbox_id, processed_at__isnull=True).update(processed_at=timezone.now())
+        return saga
+
+
+# --- compensation: refund → cancel_payment_intent → cancel_order → release -------------------------------
+
+
+def _fail_and_compensate(saga: CheckoutSaga, step: str, exc: Exception, *, to: str) -> None:
+    code = getattr(exc, "code", None) or exc.__class__.__name__
+    _save(
+        saga,
+        log_step=step,
+        outcome=FAILED,
+        step_status=FAILED,
+        details={"error": code},
+        last_error_code=str(code)[:64],
+        last_error_message=str(exc)[:2000],
+    )
+    _compensate(saga, to=to, code=str(code), message=str(exc))
+
+
+def _compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = "") -> None:
+    """Undo in reverse order, each undo safe twice, then end in ``to`` (failed / expired / cancelled).
+
+    When expiring finds the PaymentIntent already succeeded (the buyer paid as the hold lapsed), the order
+    is confirmed if the stock can still be taken, otherwise refunded.
+    """
+    if saga.state in (S.CONFIRMED, S.FULFILLED) or saga.is_terminal:
+        return
+    if saga.compensate_to != to or code:
+        fields: dict[str, Any] = {"compensate_to": to}
+        if code:
+            fields.update(last_error_code=code[:64], last_error_message=message[:2000])
+        _save(saga, log_step="compensate", outcome=to, details={"reason": code}, **fields)
+    if saga.order_id is not None:
+        intent = _compensate_cancel_payment_intent(saga)
+        if intent is not None and intent.succeeded:
+            if to == S.EXPIRED and _take_stock_again(saga):
+                _save(
+                    saga,
+                    log_step="charge",
+                    outcome=DONE,
+                    details={"late": True},
+                    compensate_to="",
+                    step="charge",
+                    step_status=DONE,
+                    state=S.PAID,
+                    also=_order_paid(saga, intent),
+                )
+                _step_confirm(saga)
+                return
+            _compensate_refund(saga, intent)
+            if saga.state in (S.CONFIRMED, S.FULFILLED):
+                return
+        _compensate_cancel_order(saga)
+    _compensate_release(saga, to=to)
+    _save(saga, log_step="end", outcome=to, state=to, compensate_to="", next_action=None)
+    log.info("checkout_compensated", checkout_id=saga.public_id, state=to, reason=code)
+
+
+def _take_stock_again(saga: CheckoutSaga) -> bool:
+    try:
+        reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
+        return True
+    except (InsufficientStock, InventoryContention, ReservationStateError):
+        return False
+
+
+def _compensate_refund(saga: CheckoutSaga, intent: IntentResult) -> None:
+    # Medusa #13301: another attempt (a webhook, a second confirm) may have completed the order meanwhile.
+    fresh = CheckoutSaga.objects.get(pk=saga.pk)
+    if fresh.state in (S.CONFIRMED, S.FULFILLED) or fresh.version != saga.version:
+        saga.state = fresh.state
+        return
+    if intent.amount_refunded >= intent.amount:
+        return
+    _about_to(saga, "refund")
+    refund = refund_create(order_id=saga.order.public_id, intent_id=intent.intent_id)
+
+    def refunded() -> None:
+        Order.objects.filter(pk=saga.order_id).update(
+            payment_status=Order.PaymentStatus.REFUNDED, amount_refunded=refund.amount, updated_at=timezone.now()
+        )
+
+    _done(saga, "refund", details={"refund": refund.refund_id, "amount": refund.amount}, also=refunded)
+
+
+def checkout_cancel(*, saga_id: int) -> CheckoutSaga:
+    """The buyer gives up: compensate to ``cancelled``. A paid or ended checkout cannot be cancelled."""
+    with _driving(saga_id, wait=2.0) as saga:
+        if saga.state == S.CANCELLED:
+            return saga
+        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
+            _settle_charge(saga)
+        if saga.state not in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) or saga.compensate_to:
+            raise CheckoutNotCancellable(
+                f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state
+            )
+        _compensate(saga, to=S.CANCELLED, code="cancelled_by_buyer", message="Cancelled by the buyer.")
+        return saga
+
+
+# --- time and crashes: expiry, webhooks, recovery ---------------------------------------------------------
+
+
+def saga_on_reservation_expired(holder: str) -> None:
+    """inventory's expired listener: the hold of checkout ``holder`` expired → compensate to ``expired``."""
+    saga_pk = CheckoutSaga.objects.filter(public_id=holder).values_list("pk", flat=True).first()
+    if saga_pk is None:
+        return
+    try:
+        with _driving(saga_pk) as saga:
+            _expire_if_open(saga)
+    except CheckoutInProgress:
+        pass  # a live process is driving it; if it dies, recovery sees the expired hold
+
+
+def _expire_if_open(saga: CheckoutSaga) -> None:
+    if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
+        _settle_charge(saga)
+    if saga.state in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION, S.RESERVED) or saga.compensate_to:
+        _compensate(saga, to=saga.compensate_to or S.EXPIRED, code="reservation_expired", message="The hold expired.")
+
+
+def saga_keeps_hold(holder: str) -> bool:
+    """inventory's extend policy: keep an expired hold while its checkout is charging or in 3-D Secure."""
+    return (
+        CheckoutSaga.objects.filter(public_id=holder)
+        .filter(Q(state__in=[S.REQUIRES_ACTION, S.PAID]) | Q(step="charge", step_status__in=[ABOUT_TO, INDETERMINATE]))
+        .exclude(compensate_to__gt="")
+        .exists()
+    )
+
+
+def saga_on_intent(intent: IntentResult, source: str) -> None:
+    """payments' intent listener: converge the saga on the PaymentIntent, whichever news arrives first."""
+    from payments.hooks import NotKnownYet
+
+    checkout_id = intent.metadata.get("checkout_id")
+    saga_pk = (
+        CheckoutSaga.objects.filter(Q(public_id=checkout_id) | Q(payment_intent_id=intent.intent_id))
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if saga_pk is None:
+        if CheckoutSaga.objects.filter(order__public_id=intent.order_id or "-").exists():
+            return
+        raise NotKnownYet(f"no checkout for {intent.intent_id} yet")
+    with _driving(saga_pk, wait=2.0) as saga:
+        log.info("checkout_intent_update", checkout_id=saga.public_id, intent_status=intent.status, source=source)
+        if not saga.payment_intent_id:
+            raise NotKnownYet(f"checkout {saga.public_id} has not stored its PaymentIntent yet")
+        if saga.compensate_to:
+            _compensate(saga, to=saga.compensate_to)
+        elif saga.is_terminal or saga.state in (S.CONFIRMED,):
+            if (
+                intent.succeeded
+                and saga.state not in (S.CONFIRMED, S.FULFILLED)
+                and intent.amount_refunded < intent.amount
+            ):
+                _compensate_refund(saga, intent)  # money landed on a dead checkout: give it back
+        elif saga.state == S.PAID:
+            _step_confirm(saga)
+        elif saga.state in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION):
+            if intent.status in ("requires_payment_method", "requires_confirmation") and not intent.declined:
+                return  # nothing happened yet (e.g. payment_intent.created)
+            _apply_intent(saga, intent, raise_decline=False)
+            if saga.state == S.PAID:
+                _step_confirm(saga)
+
+
+def saga_resume(*, saga_id: int) -> CheckoutSaga:
+    """Finish or compensate a saga from what it persisted (recovery, admin "resume")."""
+    with _driving(saga_id) as saga:
+        if saga.compensate_to:
+            _compensate(saga, to=saga.compensate_to)
+            return saga
+        if saga.state == S.RESERVED:
+            try:
+                _run_start(saga)
+            except (InsufficientStock, InventoryContention, PaymentTransientError, PaymentPermanentError):
+                return saga  # compensated to failed by the step itself
+        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
+            _settle_charge(saga)
+        elif saga.state == S.REQUIRES_ACTION:
+            _settle_charge(saga)  # a lost webhook: ask Stripe
+        if saga.state == S.PAID and not saga.compensate_to:
+            _step_confirm(saga)
+        if saga.state in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) and _hold_lapsed(saga):
+            _compensate(saga, to=S.EXPIRED, code="reservation_expired", message="The hold expired.")
+        return saga
+
+
+def saga_compensate(*, saga_id: int, to: str = "failed", reason: str = "compensated by an operator") -> CheckoutSaga:
+    """Admin "compensate": undo a non-confirmed saga through the same compensation code."""
+    with _driving(saga_id) as saga:
+        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
+            _settle_charge(saga)
+        if saga.state in (S.CONFIRMED, S.FULFILLED) or saga.is_terminal:
+            raise CheckoutNotCancellable(
+                f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state
+            )
+        _compensate(saga, to=saga.compensate_to or to, code="operator", message=reason)
+        return saga
+
+
+def sagas_stuck(*, now: datetime | None = None):  # noqa: ANN201 - a QuerySet
+    """Non-terminal sagas whose lease lapsed mid-work, or whose hold is past expiry, or left unattended."""
+    now = now or timezone.now()
+    lapsed = Q(lease_owner__gt="", lease_expires_at__lt=now)
+    unattended = Q(lease_owner="") & (
+        Q(state__in=[S.RESERVED, S.PAID])
+        | Q(compensate_to__gt="")
+        | Q(step_status__in=[ABOUT_TO, INDETERMINATE])
+        | Q(state__in=[S.AWAITING_PAYMENT, S.REQUIRES_ACTION], expires_at__lt=now)
+    )
+    return (
+        CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL)
+        .exclude(state=S.CONFIRMED)
+        .filter(lapsed | unattended)
+    )
+
+
+def saga_recover(*, now: datetime | None = None, limit: int = 200) -> dict[str, int]:
+    """``recover_sagas``: resume every stuck saga; one failing does not stop the others."""
+    counts = {"resumed": 0, "busy": 0, "errors": 0}
+    for pk in list(sagas_stuck(now=now).order_by("updated_at").values_list("pk", flat=True)[:limit]):
+        try:
+            if now is not None:  # a caller looking ahead (tests, an operator) treats leases as lapsed
+                CheckoutSaga.objects.filter(pk=pk, lease_expires_at__lt=now).update(
+                    lease_owner="", lease_expires_at=None
+                )
+            saga_resume(saga_id=pk)
+            counts["resumed"] += 1
+        except CheckoutInProgress:
+            counts["busy"] += 1
+        except Exception:  # noqa: BLE001 - transient Stripe/Redis trouble: the next run tries again
+            log.exception("saga_recover_failed", saga_pk=pk)
+            counts["errors"] += 1
+    return counts

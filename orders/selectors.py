@@ -1,0 +1,102 @@
+"""Reads of checkouts and orders, scoped to who may see them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q
+
+from inventory.selectors import reservations_for_holder
+from orders.errors import CheckoutNotFound, OrderNotFound
+from orders.models import CheckoutSaga, Order
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: a signed-in user and/or the holder of a cart token (its hash)."""
+
+    cart_key: str | None
+    token_hash: str | None
+    user_id: int | None
+
+
+def _owned(caller: Caller) -> Q:
+    q = Q(pk__in=[])
+    if caller.user_id is not None:
+        q |= Q(user_id=caller.user_id)
+    if caller.token_hash:
+        q |= Q(cart_token_hash=caller.token_hash)
+    if caller.cart_key:
+        q |= Q(cart_key=caller.cart_key)
+    return q
+
+
+def checkout_get(*, checkout_id: str, caller: Caller) -> CheckoutSaga:
+    saga = (
+        CheckoutSaga.objects.filter(_owned(caller), public_id=checkout_id).select_related("order").first()
+        if checkout_id
+        else None
+    )
+    if saga is None:
+        raise CheckoutNotFound(f"No checkout {checkout_id!r} is visible to you.")
+    return saga
+
+
+def checkout_active_for_cart(*, caller: Caller) -> CheckoutSaga:
+    saga = None
+    if caller.cart_key:
+        saga = (
+            CheckoutSaga.objects.filter(cart_key=caller.cart_key, state__in=CheckoutSaga.ACTIVE)
+            .select_related("order")
+            .first()
+        )
+    if saga is None:
+        raise CheckoutNotFound("This cart has no active checkout.")
+    return saga
+
+
+def order_get(*, order_id: str, caller: Caller) -> Order:
+    order = Order.objects.filter(_owned(caller), public_id=order_id).prefetch_related("lines").first()
+    if order is None:
+        raise OrderNotFound(f"No order {order_id!r} is visible to you.")
+    return order
+
+
+def reservation_expires_at(*, saga: CheckoutSaga) -> datetime | None:
+    """The hold's real expiry (the sweep may have extended it while the buyer was paying)."""
+    held = [r.expires_at for r in reservations_for_holder(holder=saga.public_id) if r.status == "HELD"]
+    return min(held) if held else saga.expires_at
+
+
+def checkout_view(*, saga: CheckoutSaga, steps: bool = False) -> dict[str, Any]:
+    """The checkout as the API shows it (snake_case; serializers rename)."""
+    order = saga.order
+    amount = order.total if order else sum(line["unit_price"] * line["quantity"] for line in saga.lines)
+    view: dict[str, Any] = {
+        "checkout_id": saga.public_id,
+        "order_id": order.public_id if order else None,
+        "status": saga.state,
+        "amount": amount,
+        "currency": order.currency if order else saga.currency,
+        "lines": [
+            {
+                "product_id": line["product_id"],
+                "sku": line["sku"],
+                "name": line["name"],
+                "quantity": line["quantity"],
+                "unit_price": line["unit_price"],
+                "line_total": line["unit_price"] * line["quantity"],
+            }
+            for line in saga.lines
+        ],
+        "reservation_expires_at": reservation_expires_at(saga=saga) if not saga.is_terminal else saga.expires_at,
+        "payment_client_secret": saga.client_secret or None,
+        "next_action": saga.next_action,
+        "payment_status": order.payment_status if order else "none",
+        "last_error_code": saga.last_error_code or None,
+    }
+    if steps:
+        view["steps"] = [{"name": s.step, "status": s.outcome, "at": s.at} for s in saga.log.all()]
+    return view

@@ -1,0 +1,54 @@
+"""Order services outside the saga proper: the outbox consumer and its sweep."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from django.db.models import F
+from django.utils import timezone
+
+from orders.models import Outbox
+
+log = structlog.get_logger("cartflow.outbox")
+HANDLED = ("order.confirmed",)
+
+
+def outbox_process(*, outbox_id: int) -> bool:
+    """Consume one outbox event (idempotent: at-least-once delivery is fine). True when processed."""
+    from orders.saga import saga_fulfil
+
+    row = Outbox.objects.filter(pk=outbox_id).first()
+    if row is None or row.processed_at is not None:
+        return True
+    Outbox.objects.filter(pk=outbox_id).update(attempts=F("attempts") + 1)
+    try:
+        if row.event_type == "order.confirmed":
+            saga_fulfil(checkout_id=row.payload["checkoutId"], outbox_id=row.pk)
+        else:
+            Outbox.objects.filter(pk=outbox_id, processed_at__isnull=True).update(processed_at=timezone.now())
+    except Exception as exc:
+        Outbox.objects.filter(pk=outbox_id).update(last_error=f"{exc.__class__.__name__}: {exc}"[:2000])
+        raise
+    return Outbox.objects.filter(pk=outbox_id, processed_at__isnull=False).exists()
+
+
+def outbox_sweep(*, older_than_seconds: int = 30, limit: int = 500) -> int:
+    """Re-enqueue events still unprocessed after a while (a lost message, a broker outage)."""
+    from orders.tasks import outbox_process_task
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    ids = list(
+        Outbox.objects.filter(processed_at__isnull=True, created_at__lt=cutoff).values_list("pk", flat=True)[:limit]
+    )
+    for pk in ids:
+        outbox_process_task.delay(pk)
+    return len(ids)
+
+
+def outbox_process_pending(*, limit: int = 500) -> int:
+    """Process unprocessed events inline (operators, tests). Returns how many were processed."""
+    done = 0
+    for pk in list(Outbox.objects.filter(processed_at__isnull=True).values_list("pk", flat=True)[:limit]):
+        done += bool(outbox_process(outbox_id=pk))
+    return done

@@ -1,0 +1,32 @@
+"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from redis.exceptions import RedisError
+
+from orders import services
+from orders.errors import CheckoutInProgress
+
+
+@shared_task(
+    autoretry_for=(CheckoutInProgress, RedisError, ConnectionError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=None,
+    acks_late=True,
+)
+def outbox_process_task(outbox_id: int) -> None:
+    services.outbox_process(outbox_id=outbox_id)
+
+
+@shared_task
+def outbox_sweep_task() -> int:
+    return services.outbox_sweep()
+
+
+@shared_task
+def recover_sagas_task() -> dict[str, int]:
+    from orders.saga import saga_recover
+
+    return saga_recover()
