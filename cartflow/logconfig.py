@@ -66,6 +66,8 @@ def logging_dict(*, level: str = "INFO", fmt: str = "auto") -> dict:
             "django.server": {"level": "WARNING"},
             "django.request": {"level": "ERROR"},
             "django.db.backends": {"level": "WARNING"},
+            # pgserver narrates every handle it opens and closes (also from atexit, after streams close).
+            "pgserver": {"level": "WARNING"},
         },
     }
 
