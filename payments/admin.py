@@ -1,0 +1,83 @@
+"""Staff views of payments, webhook events and disputes. Read-only: actions go through services."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from payments.models import DisputedPayment, Payment, PaymentAttempt, WebhookEvent
+
+
+class PaymentAttemptInline(admin.TabularInline):
+    model = PaymentAttempt
+    extra = 0
+    can_delete = False
+    fields = ("at", "operation", "idempotency_key", "outcome", "intent_status", "error_code", "error_message")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:  # noqa: ANN001
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
+        return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(_ReadOnlyAdmin):
+    list_display = ("order_id", "intent_id", "status", "amount", "currency", "amount_refunded", "disputed", "updated")
+    list_filter = ("status", "disputed", "currency")
+    search_fields = ("order_id", "checkout_id", "intent_id")
+    inlines = [PaymentAttemptInline]
+    actions = ["reconcile_selected"]
+
+    @admin.action(description="Reconcile with Stripe now")
+    def reconcile_selected(self, request, queryset) -> None:  # noqa: ANN001
+        from payments.reconciliation import payments_reconcile
+
+        report = payments_reconcile(payment_ids=list(queryset.values_list("pk", flat=True)))
+        level = messages.WARNING if report.needs_human else messages.SUCCESS
+        self.message_user(
+            request,
+            f"checked {report.checked}: "
+            + (
+                "; ".join(f"{r.order_id}: {'+'.join(r.drift)} → {'; '.join(r.actions)}" for r in report.rows)
+                or "no drift"
+            ),
+            level,
+        )
+
+
+@admin.register(DisputedPayment)
+class DisputeAdmin(PaymentAdmin):
+    list_filter = ("status", "currency")
+
+    def get_queryset(self, request):  # noqa: ANN001
+        return super().get_queryset(request).filter(disputed=True)
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(_ReadOnlyAdmin):
+    list_display = ("event_id", "type", "status", "attempts", "intent_id", "received_at", "processed_at")
+    list_filter = ("type", "status")
+    search_fields = ("event_id", "intent_id")
+    readonly_fields = [f.name for f in WebhookEvent._meta.fields]
+    actions = ["reprocess"]
+
+    @admin.action(description="Re-process (re-fetch the PaymentIntent from Stripe and apply it)")
+    def reprocess(self, request, queryset) -> None:  # noqa: ANN001
+        from payments.webhooks import webhook_event_process
+
+        for event_id in queryset.values_list("event_id", flat=True):
+            try:
+                event = webhook_event_process(event_id=event_id, force=True)
+            except Exception as exc:  # shown to staff; the event keeps the error
+                self.message_user(request, f"{event_id}: {exc.__class__.__name__}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{event_id}: {event.status}", messages.SUCCESS)

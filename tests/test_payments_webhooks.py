@@ -1,0 +1,291 @@
+"""Webhook intake (verify, store once, 200) and processing (re-fetch, converge, retry, park)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from payments.emulator import sign
+from payments.gateway import payment_intent_confirm, payment_intent_create
+from payments.hooks import NotKnownYet, register_intent_listener, unregister_intent_listener
+from payments.models import Payment, WebhookEvent
+from payments.selectors import payment_get
+from payments.tasks import process_webhook_event
+from payments.webhooks import webhook_event_process
+
+URL = "/api/webhooks/stripe"
+SECRET = "whsec_test_intake"
+
+
+def _event(type_: str = "payment_intent.succeeded", intent_id: str = "pi_123", **extra) -> dict:
+    return {
+        "id": f"evt_{uuid.uuid4().hex[:16]}",
+        "object": "event",
+        "type": type_,
+        "created": int(time.time()),
+        "data": {"object": {"id": intent_id, "object": "payment_intent", **extra}},
+    }
+
+
+def _post(client, body: str | bytes, *, secret: str | None = SECRET, timestamp: int | None = None, header=None):
+    text = body.decode() if isinstance(body, bytes) else body
+    headers = {}
+    if header is not None:
+        headers["HTTP_STRIPE_SIGNATURE"] = header
+    elif secret is not None:
+        headers["HTTP_STRIPE_SIGNATURE"] = sign(text, secret, timestamp or int(time.time()))
+    return client.post(URL, data=body, content_type="application/json", **headers)
+
+
+@pytest.fixture
+def webhook_secret(settings):
+    settings.STRIPE_WEBHOOK_SECRET = SECRET
+    return SECRET
+
+
+# --- intake ---
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "how",
+    ["wrong_secret", "missing", "stale", "tampered", "garbage_header"],
+)
+def test_an_unverifiable_delivery_is_refused_and_nothing_is_stored(api_client, webhook_secret, how):
+    body = json.dumps(_event())
+    if how == "wrong_secret":
+        resp = _post(api_client, body, secret="whsec_someone_else")
+    elif how == "missing":
+        resp = _post(api_client, body, secret=None)
+    elif how == "stale":
+        resp = _post(api_client, body, timestamp=int(time.time()) - 301)
+    elif how == "tampered":
+        resp = _post(api_client, body, header=sign(body.replace("pi_123", "pi_999"), SECRET, int(time.time())))
+    else:
+        resp = _post(api_client, body, header="nonsense")
+    assert resp.status_code == 400
+    assert resp["Content-Type"] == "application/problem+json"
+    assert resp.json()["code"] == "webhook_signature_invalid"
+    assert WebhookEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    ["not json at all", json.dumps({"id": "evt_1", "object": "charge"}), json.dumps([1, 2]), "\xff"],
+)
+def test_a_signed_body_that_is_not_an_event_is_malformed(api_client, webhook_secret, body):
+    resp = _post(api_client, body)
+    assert resp.status_code == 400
+    assert resp.json()["code"] == "malformed_event"
+    assert WebhookEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_valid_event_is_stored_once_answered_200_and_enqueued_after_commit(
+    api_client, webhook_secret, django_capture_on_commit_callbacks
+):
+    body = json.dumps(_event())
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        first = _post(api_client, body)
+        second = _post(api_client, body)  # Stripe redelivers: same id
+    assert (first.status_code, first.json()) == (200, {"received": True})
+    assert second.status_code == 200
+    stored = WebhookEvent.objects.get()
+    assert (stored.type, stored.status, stored.intent_id, stored.payload) == (
+        "payment_intent.succeeded",
+        "received",
+        "pi_123",
+        body,
+    )
+    assert len(callbacks) == 2  # still pending, so the redelivery enqueues it again (processing is idempotent)
+
+
+@pytest.mark.django_db
+def test_any_of_several_secrets_is_accepted_during_a_rotation(api_client, settings):
+    settings.STRIPE_WEBHOOK_SECRET = "whsec_old, whsec_new"
+    assert _post(api_client, json.dumps(_event()), secret="whsec_old").status_code == 200
+    assert _post(api_client, json.dumps(_event()), secret="whsec_new").status_code == 200
+    assert _post(api_client, json.dumps(_event()), secret="whsec_other").status_code == 400
+    assert WebhookEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_endpoint_needs_no_csrf_token_even_with_a_session(webhook_secret, django_user_model):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(django_user_model.objects.create_user("staff", password="x"))
+    assert _post(client, json.dumps(_event())).status_code == 200
+
+
+@pytest.mark.django_db
+def test_unknown_event_types_are_ignored(api_client, webhook_secret):
+    event = _event("customer.created")
+    _post(api_client, json.dumps(event))
+    assert webhook_event_process(event_id=event["id"]).status == "ignored"
+
+
+# --- processing (task functions called here; the real worker in test_payments_worker.py) ---
+
+
+def _deliver_all(client, emulator, types: tuple[str, ...] | None = None, reverse: bool = False) -> list[str]:
+    """Post the emulator's events (as Stripe would) and return their ids in delivery order."""
+    events = [e for e in emulator.events() if types is None or e["type"] in types]
+    if reverse:
+        events.reverse()
+    for event in events:
+        assert _post(client, json.dumps(event), secret=emulator.secret).status_code == 200
+    return [e["id"] for e in events]
+
+
+def _paid_after_a_decline(order_id: str) -> str:
+    intent = payment_intent_create(order_id=order_id, checkout_id="chk", amount=3000, currency="usd")
+    payment_intent_confirm(
+        order_id=order_id, intent_id=intent.intent_id, payment_method="pm_card_visa_chargeDeclined", attempt=1
+    )
+    payment_intent_confirm(order_id=order_id, intent_id=intent.intent_id, payment_method="pm_card_visa", attempt=2)
+    return intent.intent_id
+
+
+@pytest.fixture
+def seen():
+    calls: list[tuple[str, str, str]] = []
+
+    def listener(intent, source):
+        calls.append((intent.intent_id, intent.status, source))
+
+    register_intent_listener(listener)
+    yield calls
+    unregister_intent_listener(listener)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_out_of_order_and_three_times_over_converge_on_stripes_state(api_client, stripe_emulator, seen):
+    order_id = "ord_conv"
+    intent_id = _paid_after_a_decline(order_id)
+    # The row drifts (say a webhook handler bug); the events must bring it back to Stripe's truth.
+    Payment.objects.filter(order_id=order_id).update(status="requires_payment_method")
+    types = ("payment_intent.succeeded", "payment_intent.payment_failed")
+    ids = _deliver_all(api_client, stripe_emulator, types, reverse=True)  # succeeded first, failed last
+    ids += _deliver_all(api_client, stripe_emulator, types) + _deliver_all(api_client, stripe_emulator, types)
+    assert WebhookEvent.objects.count() == 2
+    for event_id in ids:
+        webhook_event_process(event_id=event_id)
+        payment = payment_get(order_id=order_id)
+        assert payment.status == "succeeded"
+    assert set(WebhookEvent.objects.values_list("status", "attempts")) == {("processed", 1)}
+    assert payment.intent_id == intent_id and payment.amount_refunded == 0
+    # Each event was applied once; both told the listener Stripe's current state, not the payload's.
+    assert seen == [(intent_id, "succeeded", "webhook")] * 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_read_never_regresses_a_terminal_status(stripe_emulator):
+    from dataclasses import replace
+
+    from payments.gateway import payment_intent_retrieve
+    from payments.services import payment_sync_from_intent
+
+    order_id = "ord_stale"
+    intent_id = _paid_after_a_decline(order_id)
+    fresh = payment_intent_retrieve(intent_id=intent_id)
+    payment_sync_from_intent(intent=replace(fresh, status="requires_payment_method"))  # an old read, applied late
+    assert payment_get(order_id=order_id).status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refund_and_dispute_events_update_the_payment(api_client, stripe_emulator):
+    order_id = "ord_refund"
+    intent_id = _paid_after_a_decline(order_id)
+    stripe_emulator.client().v1.refunds.create(params={"payment_intent": intent_id, "amount": 1000})
+    [refunded] = _deliver_all(api_client, stripe_emulator, ("charge.refunded",))
+    assert webhook_event_process(event_id=refunded).status == "processed"
+    assert payment_get(order_id=order_id).amount_refunded == 1000
+
+    dispute = _event("charge.dispute.created")
+    dispute["data"]["object"] = {"id": "dp_1", "object": "dispute", "payment_intent": intent_id, "amount": 3000}
+    _post(api_client, json.dumps(dispute), secret=stripe_emulator.secret)
+    assert webhook_event_process(event_id=dispute["id"]).status == "processed"
+    payment = payment_get(order_id=order_id)
+    assert payment.disputed and payment.status == "succeeded" and payment.amount_refunded == 1000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_for_an_order_not_known_yet_is_retried_until_it_is(api_client, stripe_emulator, settings):
+    settings.CARTFLOW_WEBHOOK_MAX_RETRIES = 5
+    intent_id = _paid_after_a_decline("ord_race")
+    calls = []
+
+    def saga_not_there_yet(intent, source):
+        calls.append(source)
+        if len(calls) < 3:
+            raise NotKnownYet("no checkout for this order yet")
+
+    register_intent_listener(saga_not_there_yet)
+    try:
+        [event_id] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+        process_webhook_event.apply(args=[event_id])  # eager: the retries run at once
+    finally:
+        unregister_intent_listener(saga_not_there_yet)
+    event = WebhookEvent.objects.get(event_id=event_id)
+    assert (event.status, event.attempts, event.last_error) == ("processed", 3, "")
+    assert calls == ["webhook"] * 3
+    assert payment_get(order_id="ord_race").intent_id == intent_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_that_never_becomes_known_is_parked_then_reprocessed_by_staff(
+    api_client, stripe_emulator, settings, admin_client
+):
+    settings.CARTFLOW_WEBHOOK_MAX_RETRIES = 2
+    _paid_after_a_decline("ord_parked")
+
+    def never(intent, source):
+        raise NotKnownYet("no checkout for this order")
+
+    register_intent_listener(never)
+    try:
+        [event_id] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+        assert process_webhook_event.apply(args=[event_id]).get() == "parked"
+    finally:
+        unregister_intent_listener(never)
+    event = WebhookEvent.objects.get(event_id=event_id)
+    assert (event.status, event.attempts) == ("parked", 3)
+    assert "NotKnownYet: no checkout for this order" in event.last_error
+
+    # The admin's filter finds it; its re-process action goes through the same service.
+    listing = admin_client.get("/admin/payments/webhookevent/", {"status__exact": "parked"})
+    assert event_id in listing.content.decode()
+    resp = admin_client.post(
+        "/admin/payments/webhookevent/", {"action": "reprocess", "_selected_action": [event.pk]}, follow=True
+    )
+    assert resp.status_code == 200
+    event.refresh_from_db()
+    assert (event.status, event.last_error) == ("processed", "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stripe_unavailable_while_processing_keeps_the_event_for_a_retry(api_client, stripe_emulator, settings):
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    settings.CARTFLOW_WEBHOOK_MAX_RETRIES = 1
+    _paid_after_a_decline("ord_down")
+    [event_id] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+    Payment.objects.filter(order_id="ord_down").update(status="requires_payment_method")
+    stripe_emulator.add_fault("GET /v1/payment_intents/*", "http_500", times=1)
+    process_webhook_event.apply(args=[event_id])  # first try: 500; the retry succeeds
+    event = WebhookEvent.objects.get(event_id=event_id)
+    assert (event.status, event.attempts) == ("processed", 2)
+    assert payment_get(order_id="ord_down").status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_for_a_payment_intent_that_is_not_ours_is_ignored(api_client, stripe_emulator):
+    pi = stripe_emulator.client().v1.payment_intents.create(params={"amount": 100, "currency": "usd"})
+    event = _event("payment_intent.canceled", pi.id)
+    _post(api_client, json.dumps(event), secret=stripe_emulator.secret)
+    assert webhook_event_process(event_id=event["id"]).status == "ignored"
+    assert Payment.objects.count() == 0
