@@ -234,3 +234,36 @@ def test_procfile_runs_web_worker_and_beat():
     assert "$WEB_CONCURRENCY" in lines["web"]
     assert "celery -A cartflow worker" in lines["worker"]
     assert "--scheduler django_celery_beat.schedulers:DatabaseScheduler" in lines["beat"]
+
+
+def test_dotenv_fills_gaps_but_the_environment_wins(tmp_path, monkeypatch):
+    """The .env that `make run` writes is how a second terminal finds the same services."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# comment\nCARTFLOW_EMBEDDED=1\nCARTFLOW_DATA_DIR=/somewhere/.data\nREDIS_URL=redis://from-dotenv:6379/0\n"
+    )
+    monkeypatch.delenv("CARTFLOW_EMBEDDED", raising=False)
+    monkeypatch.delenv("CARTFLOW_DATA_DIR", raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://from-environment:6379/0")
+    servicefinder.load_dotenv(env_file)
+    assert os.environ["CARTFLOW_EMBEDDED"] == "1"
+    assert servicefinder.embedded_forced()
+    assert servicefinder.data_dir() == Path("/somewhere/.data")
+    assert os.environ["REDIS_URL"] == "redis://from-environment:6379/0"
+
+
+def test_pytest_ignores_the_checkout_dotenv(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("CARTFLOW_FOUNDATION_DOTENV_PROBE=1\n")
+    monkeypatch.setattr(servicefinder, "BASE_DIR", tmp_path)
+    monkeypatch.delenv("CARTFLOW_FOUNDATION_DOTENV_PROBE", raising=False)
+    servicefinder.load_dotenv()  # under pytest: a no-op, whatever the checkout's .env says
+    assert "CARTFLOW_FOUNDATION_DOTENV_PROBE" not in os.environ
+
+
+def test_run_script_records_the_service_choice_for_a_second_terminal():
+    script = (ROOT / "scripts" / "run.sh").read_text()
+    assert os.access(ROOT / "scripts" / "run.sh", os.X_OK)
+    assert "CARTFLOW_EMBEDDED CARTFLOW_DATA_DIR DATABASE_URL REDIS_URL CELERY_BROKER_URL" in script
+    for step in ("cartflow.servicefinder", "migrate --noinput", "seed_demo", "collectstatic --noinput"):
+        assert step in script
+    assert script.rstrip().endswith("exec honcho start -f Procfile -e /dev/null")
