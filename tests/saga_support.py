@@ -1,0 +1,55 @@
+"""Helpers shared by the checkout/saga tests: a stocked product, a guest with a cart, money and stock sums."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+from django.core.management import call_command
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from inventory.models import Product, Reservation, Stock
+
+_skus = itertools.count(1)
+
+
+def make_product(*, price: int = 1250, on_hand: int = 10, currency: str = "usd") -> Product:
+    product = Product.objects.create(sku=f"CHK-{next(_skus):05d}", name="Thing", price=price, currency=currency)
+    Stock.objects.create(product=product, on_hand=on_hand)
+    return product
+
+
+def guest_with_cart(*items: tuple[Product, int]) -> APIClient:
+    client = APIClient()
+    for product, quantity in items:
+        response = client.post("/api/cart/items", {"productId": product.id, "quantity": quantity}, format="json")
+        assert response.status_code == 201, response.content
+        if "HTTP_X_CART_TOKEN" not in client._credentials:
+            client.credentials(HTTP_X_CART_TOKEN=response.json()["token"])
+    return client
+
+
+def stock(product: Product) -> tuple[int, int]:
+    row = Stock.objects.get(product=product)
+    return row.on_hand, row.reserved
+
+
+def held(holder: str) -> int:
+    return sum(Reservation.objects.filter(holder=holder, status="HELD").values_list("quantity", flat=True))
+
+
+def charges(emulator) -> int:  # noqa: ANN001
+    return len(emulator.events("charge.succeeded"))
+
+
+def refunds(emulator) -> int:  # noqa: ANN001
+    return len(emulator.events("charge.refunded"))
+
+
+def invariants_hold() -> None:
+    call_command("check_invariants")  # raises CommandError listing every violation
+
+
+def later(minutes: int = 5):  # noqa: ANN201
+    return timezone.now() + timedelta(minutes=minutes)

@@ -1,0 +1,169 @@
+"""Checkout HTTP API: start, confirm, decline, 3-D Secure, read scoping, cancel, Idempotency-Key."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from orders.models import CheckoutSaga, Order
+from orders.services import outbox_process_pending
+from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _start(client: APIClient, **headers: str):
+    return client.post("/api/checkout/start", {}, format="json", headers=headers)
+
+
+def _confirm(client: APIClient, checkout_id: str | None = None, pm: str = "pm_card_visa", **headers: str):
+    body = {"paymentMethodId": pm}
+    if checkout_id:
+        body["checkoutId"] = checkout_id
+    return client.post("/api/checkout/confirm", body, format="json", headers=headers)
+
+
+def test_start_reserves_prices_from_catalog_and_creates_one_intent(stripe_emulator):
+    a, b = make_product(price=1000), make_product(price=250)
+    client = guest_with_cart((a, 2), (b, 3))
+    response = _start(client)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "awaiting_payment"
+    assert body["amount"] == 2 * 1000 + 3 * 250 and body["currency"] == "usd"
+    assert body["checkoutId"].startswith("chk_") and body["orderId"].startswith("ord_")
+    assert body["paymentClientSecret"]
+    assert {(line["productId"], line["quantity"], line["lineTotal"]) for line in body["lines"]} == {
+        (a.id, 2, 2000),
+        (b.id, 3, 750),
+    }
+    assert stock(a) == (10, 2) and stock(b) == (10, 3)
+    assert len(stripe_emulator.events("payment_intent.created")) == 1
+
+    again = _start(client)
+    assert again.status_code == 200 and again.json()["checkoutId"] == body["checkoutId"]
+    assert stock(a) == (10, 2)  # never a second reservation
+    assert len(stripe_emulator.events("payment_intent.created")) == 1
+
+
+def test_full_flow_confirms_fulfils_and_clears_the_cart(stripe_emulator):
+    product = make_product(price=1999)
+    client = guest_with_cart((product, 2))
+    start = _start(client).json()
+    response = _confirm(client)
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "confirmed"
+    assert stock(product) == (8, 0)
+    assert outbox_process_pending() == 1
+    assert outbox_process_pending() == 0  # consumed once
+    detail = client.get(f"/api/checkout/{start['checkoutId']}").json()
+    assert detail["status"] == "fulfilled"
+    assert [s["name"] for s in detail["steps"] if s["status"] == "done"] == [
+        "start",
+        "reserve",
+        "create_order",
+        "create_payment_intent",
+        "charge",
+        "confirm",
+        "fulfil",
+    ]
+    order = client.get(f"/api/orders/{start['orderId']}").json()
+    assert order["status"] == "fulfilled" and order["paymentStatus"] == "succeeded" and order["total"] == 3998
+    assert client.get("/api/cart").json()["items"] == []
+    assert charges(stripe_emulator) == 1
+    invariants_hold()
+
+
+
+def test_insufficient_stock_is_409_and_holds_nothing(stripe_emulator):
+    product = make_product(on_hand=3)
+    first = guest_with_cart((product, 2))
+    second = guest_with_cart((product, 2))
+    assert _start(first).status_code == 201
+    response = _start(second)
+    assert response.status_code == 409
+    body = response.json()
+    assert body["code"] == "insufficient_stock" and body["productId"] == product.id and body["available"] == 1
+    assert stock(product) == (3, 2)
+    failed = CheckoutSaga.objects.get(state="failed")
+    assert held(failed.public_id) == 0
+    invariants_hold()
+
+
+def test_decline_keeps_the_checkout_open_then_another_card_succeeds(stripe_emulator):
+    product = make_product()
+    client = guest_with_cart((product, 1))
+    start = _start(client).json()
+    declined = _confirm(client, pm="pm_card_chargeDeclined")
+    assert declined.status_code == 402
+    assert declined.json()["code"] == "payment_declined" and declined.json()["declineCode"] == "generic_decline"
+    assert client.get(f"/api/checkout/{start['checkoutId']}").json()["status"] == "awaiting_payment"
+    assert stock(product) == (10, 1)
+    ok = _confirm(client, start["checkoutId"])
+    assert ok.status_code == 200 and ok.json()["status"] == "confirmed"
+    assert charges(stripe_emulator) == 1
+    invariants_hold()
+
+
+def test_three_d_secure_finishes_through_the_intent_listener(stripe_emulator):
+    from payments.gateway import payment_intent_retrieve
+    from payments.hooks import intent_listeners_notify
+
+    product = make_product()
+    client = guest_with_cart((product, 1))
+    start = _start(client).json()
+    response = _confirm(client, pm="pm_card_threeDSecure2Required")
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "requires_action" and response.json()["nextAction"]
+    saga = CheckoutSaga.objects.get(public_id=start["checkoutId"])
+    stripe_emulator.authenticate(saga.payment_intent_id)
+    # What the webhook handler does after re-fetching the PaymentIntent:
+    intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
+    assert client.get(f"/api/checkout/{start['checkoutId']}").json()["status"] == "confirmed"
+    assert stock(product) == (9, 0)
+    # A duplicate delivery changes nothing.
+    intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
+    assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
+    invariants_hold()
+
+
+def test_checkout_and_order_are_visible_only_to_their_cart(stripe_emulator):
+    product = make_product()
+    owner = guest_with_cart((product, 1))
+    start = _start(owner).json()
+    stranger = guest_with_cart((product, 1))
+    for client, expected in ((owner, 200), (stranger, 404), (APIClient(), 404)):
+        assert client.get(f"/api/checkout/{start['checkoutId']}").status_code == expected
+        assert client.get(f"/api/orders/{start['orderId']}").status_code == expected
+    assert stranger.get(f"/api/orders/{start['orderId']}").json()["code"] == "order_not_found"
+    assert stranger.get(f"/api/checkout/{start['checkoutId']}").json()["code"] == "checkout_not_found"
+    assert _confirm(stranger, start["checkoutId"]).json()["code"] == "checkout_not_found"
+
+
+def test_cancel_releases_stock_and_cancels_the_intent(stripe_emulator):
+    product = make_product()
+    client = guest_with_cart((product, 4))
+    start = _start(client).json()
+    response = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert stock(product) == (10, 0)
+    assert len(stripe_emulator.events("payment_intent.canceled")) == 1
+    assert Order.objects.get(public_id=start["orderId"]).status == "cancelled"
+    again = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
+    assert again.status_code == 200  # cancelling a cancelled checkout is a no-op
+    not_confirmable = _confirm(client, start["checkoutId"])
+    assert not_confirmable.status_code == 409
+    assert not_confirmable.json()["code"] == "checkout_not_confirmable"
+    assert not_confirmable.json()["checkoutStatus"] == "cancelled"
+    # A new start for the same cart is a new checkout.
+    assert _start(client).status_code == 201
+    invariants_hold()
+
+
+def test_paid_checkout_cannot_be_cancelled(stripe_emulator):
+    client = guest_with_cart((make_product(), 1))
+    start = _start(client).json()
+    assert _confirm(client).status_code == 200
+    response = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
+    assert response.status_code == 409
+    assert response.json()["code"] == "checkout_not_cancellable" and response.json()["checkoutStatus"] == "confirmed"
