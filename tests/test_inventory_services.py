@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from cartflow.invariants import run_all
 from inventory.models import Product, Reservation, Stock, StockAdjustment
 from inventory.services import (
     InsufficientStock,
@@ -35,6 +36,17 @@ def make_product():
         return product
 
     return make
+
+
+INVENTORY_INVARIANTS = {"stock_bounds", "reserved_matches_held", "no_stale_holds", "product_has_stock"}
+
+
+def assert_inventory_invariants() -> None:
+    """Inventory's own invariants only: these tests commit reservations with no order behind them, which
+    the orders app's invariants rightly flag."""
+    results = run_all()
+    assert INVENTORY_INVARIANTS <= results.keys()
+    assert {name: v for name, v in results.items() if name in INVENTORY_INVARIANTS and v} == {}
 
 
 def stock_of(product: Product) -> tuple[int, int]:
@@ -136,7 +148,7 @@ def test_commit_sells_the_units_and_is_safe_twice(make_product):
     # Re-running the reserve step after the sale does not reserve again.
     reservation_reserve(lines=[ReserveLine(a.id, 2), ReserveLine(b.id, 1)], holder="co_c")
     assert stock_of(a) == (3, 0)
-    call_command("check_invariants")
+    assert_inventory_invariants()
 
 
 def test_commit_after_release_is_refused(make_product):
