@@ -29,6 +29,23 @@ class ProductAdmin(admin.ModelAdmin):
     list_filter = ("active", "flash_sale", "currency")
     search_fields = ("sku", "name")
     inlines = [StockInline]
+    actions = ["start_flash_sale", "stop_flash_sale"]
+
+    @admin.action(description="Start flash sale (open a token pool of the available stock)")
+    def start_flash_sale(self, request, queryset) -> None:  # noqa: ANN001
+        from inventory.flashsale import flash_sale_start
+
+        for product in queryset:
+            state = flash_sale_start(product_id=product.pk)
+            self.message_user(request, f"{product.sku}: flash sale on, {state.free} tokens free.", messages.SUCCESS)
+
+    @admin.action(description="Stop flash sale (close the token pool)")
+    def stop_flash_sale(self, request, queryset) -> None:  # noqa: ANN001
+        from inventory.flashsale import flash_sale_stop
+
+        for product in queryset:
+            flash_sale_stop(product_id=product.pk)
+            self.message_user(request, f"{product.sku}: flash sale off.", messages.SUCCESS)
 
     def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
         from inventory.selectors import product_cache_invalidate

@@ -7,32 +7,50 @@ Redis without a query.
 
 Layout (every key shares the ``{fs}`` hash tag, so one Lua script may touch all of them on a Cluster):
 
-- ``fs:{fs}:free``      hash product_id → tokens free to take now
-- ``fs:{fs}:inflight``  hash product_id → tokens held by checkouts in progress
-- ``fs:{fs}:held``      hash holder → JSON ``{product_id: quantity}`` (what each checkout holds)
-- ``fs:{fs}:stats``     hash of counters (admitted, sold_out, busy, returned, consumed)
+- ``fs:{fs}:free``            hash product_id → tokens free to take now
+- ``fs:{fs}:inflight``        hash product_id → tokens held by checkouts in progress
+- ``fs:{fs}:held``            hash holder → JSON ``{"at": epoch, "lines": {product_id: quantity}}``
+- ``fs:{fs}:stats``           hash of counters (admitted, sold_out, busy, returned, consumed)
+- ``fs:{fs}:queue:<pid>``     sorted set of fair-queue tickets by arrival (inventory/flashsale_queue.py)
+- ``fs:{fs}:ticket:<ticket>`` hash of one ticket (product, joined, seen, admitted)
 
 A product is in the pool while its ``free`` field exists. Taking is all-or-nothing across lines; a
 shortfall is ``sold_out`` when even the in-flight tokens could not cover it (stock is gone), and
-``busy`` when in-flight checkouts hold the rest (one may still fail and return its tokens).
+``busy`` when in-flight checkouts hold the rest (one may still fail and return its tokens). Queued
+tickets stand in front of buyers without one: a buyer without a ticket only gets a token when more are
+free than tickets wait.
+
+Lifecycle of a holder's tokens (holder = checkout id): :func:`flash_tokens_take` before any database
+work; :func:`flash_tokens_return` on cancel, expiry and failure (not on a decline: the checkout stays
+open); :func:`flash_tokens_consume` on confirmation. :func:`flash_pool_sweep` (beat) repairs whatever a
+crash or a Redis restart left behind, from the database.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django_redis import get_redis_connection
 
 from cartflow.problems import DomainError
+from inventory import flashsale_metrics as metrics
+
+log = logging.getLogger(__name__)
 
 FREE = "fs:{fs}:free"
 INFLIGHT = "fs:{fs}:inflight"
 HELD = "fs:{fs}:held"
 STATS = "fs:{fs}:stats"
 QUEUE = "fs:{fs}:queue:"  # + product id: the fair queue (sorted set of tickets by arrival)
+TICKET = "fs:{fs}:ticket:"  # + ticket
+REOPEN_LOCK = "fs:{fs}:reopen:"  # + product id: one process re-opens a pool lost with Redis
+BUSY_RETRY_AFTER = 2
+# A holder that took tokens but has no reservation after this long crashed between take and reserve.
+STALE_HOLDER_SECONDS = 60
 
 
 class SoldOut(DomainError):
@@ -48,57 +66,76 @@ class PoolState:
     product_id: int
     free: int
     inflight: int
+    queued: int = 0
 
 
-# KEYS: free, inflight, held, stats. ARGV: holder, now (epoch seconds), then pairs product_id, quantity.
-# Returns {"ok"} | {"held"} (this holder already holds tokens: idempotent) | {"sold_out", pid} | {"busy", pid}
-# | {"not_flash", pid} (no pool for the product: caller skips admission for it).
+# KEYS: free, inflight, held, stats. ARGV: holder, now (epoch seconds), ticket ('' for none), then pairs
+# product_id, quantity. Products without a pool are skipped and listed in the reply.
+# Returns {'ok', missing...} | {'held'} (this holder already holds tokens: idempotent) | {'sold_out', pid}
+# | {'busy', pid}. 'ok' with nothing taken (no flash product in the lines) records no holder.
 _TAKE = """
 local holder = ARGV[1]
-if redis.call('HEXISTS', KEYS[3], holder) == 1 then return {'held', '0'} end
-local n = (#ARGV - 2) / 2
+if redis.call('HEXISTS', KEYS[3], holder) == 1 then return {'held'} end
+local ticket = ARGV[3]
+local n = (#ARGV - 3) / 2
+local take, missing = {}, {}
 for i = 0, n - 1 do
-  local pid = ARGV[3 + 2 * i]
-  local q = tonumber(ARGV[4 + 2 * i])
+  local pid = ARGV[4 + 2 * i]
+  local q = tonumber(ARGV[5 + 2 * i])
   local free = redis.call('HGET', KEYS[1], pid)
-  if not free then return {'not_flash', pid} end
-  free = tonumber(free)
-  if free < q then
-    local inflight = tonumber(redis.call('HGET', KEYS[2], pid) or '0')
-    if free + inflight < q then
-      redis.call('HINCRBY', KEYS[4], 'sold_out', 1)
-      return {'sold_out', pid}
+  if free then
+    free = tonumber(free)
+    local qkey = 'fs:{fs}:queue:' .. pid
+    local ahead = redis.call('ZCARD', qkey)
+    if ticket ~= '' then
+      local rank = redis.call('ZRANK', qkey, ticket)
+      if rank then ahead = rank end
     end
-    redis.call('HINCRBY', KEYS[4], 'busy', 1)
-    return {'busy', pid}
+    if free - ahead < q then
+      local inflight = tonumber(redis.call('HGET', KEYS[2], pid) or '0')
+      if free + inflight < q then
+        redis.call('HINCRBY', KEYS[4], 'sold_out', 1)
+        return {'sold_out', pid}
+      end
+      redis.call('HINCRBY', KEYS[4], 'busy', 1)
+      return {'busy', pid}
+    end
+    take[#take + 1] = {pid, q}
+  else
+    missing[#missing + 1] = pid
   end
 end
+local reply = {'ok'}
+for _, pid in ipairs(missing) do reply[#reply + 1] = pid end
+if #take == 0 then return reply end
 local held = {}
-for i = 0, n - 1 do
-  local pid = ARGV[3 + 2 * i]
-  local q = tonumber(ARGV[4 + 2 * i])
-  redis.call('HINCRBY', KEYS[1], pid, -q)
-  redis.call('HINCRBY', KEYS[2], pid, q)
-  held[pid] = q
+for _, line in ipairs(take) do
+  redis.call('HINCRBY', KEYS[1], line[1], -line[2])
+  redis.call('HINCRBY', KEYS[2], line[1], line[2])
+  held[line[1]] = line[2]
+  if ticket ~= '' then
+    redis.call('ZREM', 'fs:{fs}:queue:' .. line[1], ticket)
+  end
 end
+if ticket ~= '' then redis.call('DEL', 'fs:{fs}:ticket:' .. ticket) end
 redis.call('HSET', KEYS[3], holder, cjson.encode({at = tonumber(ARGV[2]), lines = held}))
 redis.call('HINCRBY', KEYS[4], 'admitted', 1)
-return {'ok', '0'}
+return reply
 """
 
 # KEYS: free, inflight, held, stats. ARGV: holder, mode ('return' gives tokens back, 'consume' keeps
-# them sold). Idempotent: a holder with nothing held is a no-op. Never pushes a product's free count
-# for a product no longer in the pool.
+# them sold). Idempotent: a holder with nothing held is a no-op. Never touches a product no longer in the
+# pool (stopped while the checkout ran).
 _SETTLE = """
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then return 0 end
 local held = cjson.decode(raw)['lines']
 local units = 0
 for pid, q in pairs(held) do
-  local inflight = tonumber(redis.call('HGET', KEYS[2], pid) or '0')
-  redis.call('HSET', KEYS[2], pid, math.max(0, inflight - q))
-  if ARGV[2] == 'return' and redis.call('HEXISTS', KEYS[1], pid) == 1 then
-    redis.call('HINCRBY', KEYS[1], pid, q)
+  if redis.call('HEXISTS', KEYS[1], pid) == 1 then
+    local inflight = tonumber(redis.call('HGET', KEYS[2], pid) or '0')
+    redis.call('HSET', KEYS[2], pid, math.max(0, inflight - q))
+    if ARGV[2] == 'return' then redis.call('HINCRBY', KEYS[1], pid, q) end
   end
   units = units + q
 end
@@ -107,13 +144,27 @@ redis.call('HINCRBY', KEYS[4], ARGV[2] == 'return' and 'returned' or 'consumed',
 return units
 """
 
-# KEYS: free, inflight, held. ARGV: product_id, target free tokens (from the database).
-# Sets the pool to the database's figure minus what in-flight checkouts hold that the database does
-# not yet count; never larger than the database allows.
+# KEYS: free, inflight, held. ARGV: product_id, available in the database (on_hand - reserved, read AFTER
+# the holders' reservations were read), then the holders the database already counts (they have a HELD
+# reservation). Atomically: free = available - tokens of every other current holder (not yet reserved),
+# inflight = tokens of every current holder. Never larger than the database allows.
 _REPAIR = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
-local target = math.max(0, tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], ARGV[1], target)
+local pid = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], pid) == 0 then return -1 end
+local counted = {}
+for i = 3, #ARGV do counted[ARGV[i]] = true end
+local unreserved, inflight = 0, 0
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local q = cjson.decode(all[i + 1])['lines'][pid]
+  if q then
+    inflight = inflight + q
+    if not counted[all[i]] then unreserved = unreserved + q end
+  end
+end
+local target = math.max(0, tonumber(ARGV[2]) - unreserved)
+redis.call('HSET', KEYS[1], pid, target)
+redis.call('HSET', KEYS[2], pid, inflight)
 return target
 """
 
@@ -122,7 +173,10 @@ def _redis():
     return get_redis_connection("default")
 
 
-def _script(name: str, source: str):
+_scripts: dict[int, dict] = {}
+
+
+def _script(name: str, source: str):  # noqa: ANN202 - redis-py Script
     client = _redis()
     cache = _scripts.setdefault(id(client), {})
     if name not in cache:
@@ -130,87 +184,162 @@ def _script(name: str, source: str):
     return cache[name]
 
 
-_scripts: dict[int, dict] = {}
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
-def flash_pool_open(*, product_id: int, tokens: int) -> None:
-    """Put a product into the pool with ``tokens`` free (its available stock now)."""
+# --- the pool --------------------------------------------------------------------------------------
+
+
+def flash_pool_open(*, product_id: int, tokens: int, only_if_missing: bool = False) -> bool:
+    """Put a product into the pool with ``tokens`` free. ``only_if_missing``: leave an existing pool alone.
+
+    Returns True when this call set the free count.
+    """
     client = _redis()
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(FREE, product_id, max(0, tokens))
-    pipe.hsetnx(INFLIGHT, product_id, 0)
-    pipe.execute()
+    if only_if_missing:
+        opened = bool(client.hsetnx(FREE, product_id, max(0, tokens)))
+    else:
+        client.hset(FREE, product_id, max(0, tokens))
+        opened = True
+    client.hsetnx(INFLIGHT, product_id, 0)
+    return opened
 
 
 def flash_pool_close(*, product_id: int) -> None:
     """Take a product out of the pool: checkouts for it go straight to the database again."""
     client = _redis()
+    tickets = client.zrange(f"{QUEUE}{product_id}", 0, -1)
     pipe = client.pipeline(transaction=True)
     pipe.hdel(FREE, product_id)
     pipe.hdel(INFLIGHT, product_id)
     pipe.delete(f"{QUEUE}{product_id}")
+    for ticket in tickets:
+        pipe.delete(f"{TICKET}{_text(ticket)}")
     pipe.execute()
 
 
-def flash_tokens_take(*, holder: str, lines: Iterable[tuple[int, int]]) -> bool:
-    """Take one token per unit for every flash-sale line, all or nothing, in one script.
+def flash_pool_repair(*, product_id: int, db_available: int, counted_holders: Iterable[str] = ()) -> int:
+    """Set a product's free tokens from the database (source of truth), in one script.
 
-    Returns True when tokens were taken (or the holder already held them), False when no line is a
-    flash-sale product. Raises :class:`SoldOut` or :class:`FlashSaleBusy`.
+    ``db_available`` is on_hand − reserved, read after the reservations of the current holders were read;
+    ``counted_holders`` are the holders whose units the database already counts as reserved. Tokens of
+    every other current holder are subtracted. Returns the new free count, or -1 when the product is not
+    in the pool.
     """
-    summed: dict[int, int] = {}
-    for product_id, quantity in lines:
-        summed[product_id] = summed.get(product_id, 0) + quantity
-    flash_ids = set(_pool_members(list(summed)))
-    wanted = [(pid, q) for pid, q in sorted(summed.items()) if pid in flash_ids]
-    if not wanted:
-        return False
-    argv: list[str | int | float] = [holder, round(time.time(), 3)]
-    for pid, q in wanted:
-        argv += [pid, q]
-    outcome, pid = _script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)
-    outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-    pid = int(pid)
-    if outcome == "sold_out":
-        raise SoldOut("This product is sold out.", productId=pid)
-    if outcome == "busy":
-        raise FlashSaleBusy("Every remaining unit is held by a checkout in progress.", productId=pid, retry_after=2)
-    if outcome == "not_flash":  # left the pool between the two calls: nothing taken
-        return False
-    return True
-
-
-def flash_tokens_return(*, holder: str) -> int:
-    """Give a checkout's tokens back (decline, cancel, expiry, failure). Safe to call twice."""
-    return int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "return"]))
-
-
-def flash_tokens_consume(*, holder: str) -> int:
-    """The checkout was confirmed: its tokens are sold, not returned. Safe to call twice."""
-    return int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "consume"]))
-
-
-def flash_pool_repair(*, product_id: int, db_available: int, unreserved_inflight: int = 0) -> int:
-    """Set a product's free tokens from the database (source of truth).
-
-    ``db_available`` is on_hand − reserved; ``unreserved_inflight`` counts tokens held by checkouts
-    that have not reserved in the database yet. Returns the new free count, or -1 when the product
-    is not in the pool.
-    """
-    target = db_available - unreserved_inflight
-    return int(_script("repair", _REPAIR)(keys=[FREE, INFLIGHT, HELD], args=[product_id, target]))
+    args: list[str | int] = [product_id, db_available, *counted_holders]
+    return int(_script("repair", _REPAIR)(keys=[FREE, INFLIGHT, HELD], args=args))
 
 
 def flash_pool_state(*, product_id: int) -> PoolState | None:
     client = _redis()
-    free, inflight = client.hget(FREE, product_id), client.hget(INFLIGHT, product_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(FREE, product_id)
+    pipe.hget(INFLIGHT, product_id)
+    pipe.zcard(f"{QUEUE}{product_id}")
+    free, inflight, queued = pipe.execute()
     if free is None:
         return None
-    return PoolState(product_id=product_id, free=int(free), inflight=int(inflight or 0))
+    return PoolState(product_id=product_id, free=int(free), inflight=int(inflight or 0), queued=int(queued))
 
 
 def flash_pool_products() -> list[int]:
     return sorted(int(pid) for pid in _redis().hkeys(FREE))
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+
+
+def flash_tokens_take(*, holder: str, lines: Iterable[tuple[int, int]], ticket: str | None = None) -> bool:
+    """Take one token per unit for every flash-sale line, all or nothing, in one Redis round trip.
+
+    Call it before any database work, with the checkout id the saga will use as ``holder``. Returns
+    True when tokens were taken (or the holder already held them), False when no line is a flash-sale
+    product. Raises :class:`SoldOut` or :class:`FlashSaleBusy`. ``ticket`` is a fair-queue ticket
+    (inventory/flashsale_queue.py): an admitted ticket goes ahead of buyers without one.
+
+    A sold-out or busy answer never touches the database. Only when a line names a product with no
+    pool (none is a flash sale, or Redis lost the pool) is the catalog asked — through its Redis cache —
+    whether it is a flash-sale product; a lost pool is then re-opened from the database.
+    """
+    summed: dict[int, int] = {}
+    for product_id, quantity in lines:
+        summed[product_id] = summed.get(product_id, 0) + quantity
+    if not summed:
+        return False
+    started = time.perf_counter()
+    try:
+        taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "")
+        if missing and _reopen_lost_pools(missing):
+            if taken:  # give back and take again: all lines in one script, all or nothing
+                flash_tokens_return(holder=holder)
+            taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "")
+    except SoldOut:
+        metrics.rejected("sold_out", time.perf_counter() - started)
+        raise
+    except FlashSaleBusy:
+        metrics.rejected("busy", time.perf_counter() - started)
+        raise
+    if taken:
+        metrics.admitted(time.perf_counter() - started)
+    return taken
+
+
+def _take(*, holder: str, summed: dict[int, int], ticket: str) -> tuple[bool, list[int]]:
+    argv: list[str | int | float] = [holder, round(time.time(), 3), ticket]
+    for pid, q in sorted(summed.items()):
+        argv += [pid, q]
+    reply = [_text(v) for v in _script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)]
+    outcome = reply[0]
+    if outcome == "held":
+        return True, []
+    if outcome == "sold_out":
+        raise SoldOut("This product is sold out.", productId=int(reply[1]))
+    if outcome == "busy":
+        raise FlashSaleBusy(
+            "Every remaining unit is held by a checkout in progress.",
+            productId=int(reply[1]),
+            retry_after=BUSY_RETRY_AFTER,
+        )
+    missing = [int(pid) for pid in reply[1:]]
+    return len(missing) < len(summed), missing
+
+
+def _reopen_lost_pools(product_ids: list[int]) -> bool:
+    """Re-open the pools of flash-sale products whose pool is missing (Redis restarted). True if any is.
+
+    One process re-opens each (a short Redis lock); the others answer busy until it has.
+    """
+    from inventory.selectors import product_infos_get
+
+    flash = [pid for pid, info in product_infos_get(product_ids=product_ids).items() if info.flash_sale]
+    if not flash:
+        return False
+    client = _redis()
+    for pid in sorted(flash):
+        if client.hexists(FREE, pid):
+            continue
+        if not client.set(f"{REOPEN_LOCK}{pid}", "1", nx=True, ex=5):
+            raise FlashSaleBusy("The flash sale is restarting.", productId=pid, retry_after=1)
+        _open_from_db(pid)
+        log.warning("flash-sale pool re-opened after it was lost", extra={"product_id": pid})
+    return True
+
+
+def flash_tokens_return(*, holder: str) -> int:
+    """Give a checkout's tokens back (cancel, expiry, failure). Safe to call twice; returns units."""
+    units = int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "return"]))
+    if units:
+        metrics.settled("returned")
+    return units
+
+
+def flash_tokens_consume(*, holder: str) -> int:
+    """The checkout was confirmed: its tokens are sold, not returned. Safe to call twice; returns units."""
+    units = int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "consume"]))
+    if units:
+        metrics.settled("consumed")
+    return units
 
 
 @dataclass(frozen=True)
@@ -225,17 +354,140 @@ def flash_holders() -> list[FlashHold]:
     out = []
     for h, v in _redis().hgetall(HELD).items():
         data = json.loads(v)
-        holder = h.decode() if isinstance(h, bytes) else h
-        out.append(FlashHold(holder, float(data["at"]), {int(k): int(q) for k, q in data["lines"].items()}))
+        out.append(FlashHold(_text(h), float(data["at"]), {int(k): int(q) for k, q in data["lines"].items()}))
     return out
 
 
 def flash_stats() -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in _redis().hgetall(STATS).items()}
+    return {_text(k): int(v) for k, v in _redis().hgetall(STATS).items()}
 
 
-def _pool_members(product_ids: list[int]) -> list[int]:
-    if not product_ids:
-        return []
-    values = _redis().hmget(FREE, product_ids)
-    return [pid for pid, v in zip(product_ids, values, strict=True) if v is not None]
+# --- start, stop, sweep ----------------------------------------------------------------------------
+
+
+def flash_sale_start(*, product_id: int) -> PoolState:
+    """Put a product into flash-sale mode: the flag in the database, and a pool of its available stock.
+
+    Safe to run twice (the pool is re-synced from the database, in-flight holders kept).
+    """
+    from inventory.models import Product
+    from inventory.selectors import product_cache_invalidate
+
+    if not Product.objects.filter(id=product_id).update(flash_sale=True):
+        raise DomainError(f"No product has id {product_id}.", code="product_not_found", productId=product_id)
+    product_cache_invalidate(product_id=product_id)
+    _open_from_db(product_id)
+    flash_pool_sync(product_id=product_id)
+    state = flash_pool_state(product_id=product_id)
+    assert state is not None
+    return state
+
+
+def flash_sale_stop(*, product_id: int) -> None:
+    """Leave flash-sale mode: the flag off and the pool closed (checkouts go straight to the database).
+
+    Checkouts holding tokens finish normally; settling them later is a no-op for this product.
+    """
+    from inventory.models import Product
+    from inventory.selectors import product_cache_invalidate
+
+    if not Product.objects.filter(id=product_id).update(flash_sale=False):
+        raise DomainError(f"No product has id {product_id}.", code="product_not_found", productId=product_id)
+    product_cache_invalidate(product_id=product_id)
+    flash_pool_close(product_id=product_id)
+
+
+def _open_from_db(product_id: int) -> bool:
+    """Open a missing pool with the database's available stock (no holder can hold tokens of a product
+    without a pool). Never at zero first: a buyer in between would be told ``sold_out``."""
+    from inventory.selectors import stock_available
+
+    return flash_pool_open(product_id=product_id, tokens=stock_available(product_id=product_id), only_if_missing=True)
+
+
+def flash_pool_sync(*, product_id: int) -> int:
+    """Repair one product's pool from the database now (the sweeper's per-product step)."""
+    report = flash_pool_sweep(product_ids=[product_id], reopen=False)
+    return report.repaired.get(product_id, -1)
+
+
+@dataclass
+class SweepReport:
+    reopened: list[int] = field(default_factory=list)
+    closed: list[int] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    consumed: list[str] = field(default_factory=list)
+    repaired: dict[int, int] = field(default_factory=dict)
+
+
+def flash_pool_sweep(
+    *, product_ids: list[int] | None = None, stale_seconds: float = STALE_HOLDER_SECONDS, reopen: bool = True
+) -> SweepReport:
+    """Repair the pool from the database (beat runs this; safe to run anywhere, any number of times).
+
+    1. Re-open the pools of flash-sale products that have none (Redis restarted); close pools of
+       products no longer in flash-sale mode.
+    2. Settle holders the database has settled: committed reservations → consume; released or expired
+       → return; no reservation for ``stale_seconds`` (crashed between take and reserve) → return.
+    3. Set each pool's free tokens to on_hand − reserved − tokens of holders not yet reserved.
+    """
+    from inventory.models import Product, Reservation, Stock
+
+    report = SweepReport()
+    flash_ids = set(Product.objects.filter(flash_sale=True).values_list("id", flat=True))
+    pooled = set(flash_pool_products())
+    if product_ids is not None:
+        flash_ids &= set(product_ids)
+        pooled &= set(product_ids)
+    if reopen:
+        for pid in sorted(flash_ids - pooled):
+            if _open_from_db(pid):
+                report.reopened.append(pid)
+        for pid in sorted(pooled - flash_ids):
+            flash_pool_close(product_id=pid)
+            report.closed.append(pid)
+    scope = flash_ids if product_ids is not None else flash_ids | pooled
+    targets = [pid for pid in sorted(scope) if pid in flash_ids]
+
+    # Reservations first, stock second: a holder that reserves in between is counted twice (pool too
+    # small for one sweep), never zero times (pool too large).
+    holders = [h for h in flash_holders() if product_ids is None or set(h.lines) & set(product_ids)]
+    statuses: dict[str, set[str]] = {}
+    if holders:
+        for holder, status in Reservation.objects.filter(holder__in=[h.holder for h in holders]).values_list(
+            "holder", "status"
+        ):
+            statuses.setdefault(holder, set()).add(status)
+    now = time.time()
+    counted: list[str] = []
+    for hold in holders:
+        seen = statuses.get(hold.holder, set())
+        if "HELD" in seen:
+            counted.append(hold.holder)
+        elif "COMMITTED" in seen:
+            if flash_tokens_consume(holder=hold.holder):
+                report.consumed.append(hold.holder)
+        elif seen or now - hold.at > stale_seconds:  # released/expired, or crashed before reserving
+            if flash_tokens_return(holder=hold.holder):
+                report.returned.append(hold.holder)
+    stock = dict(
+        (pid, on_hand - reserved)
+        for pid, on_hand, reserved in Stock.objects.filter(product_id__in=targets).values_list(
+            "product_id", "on_hand", "reserved"
+        )
+    )
+    for pid in targets:
+        report.repaired[pid] = flash_pool_repair(
+            product_id=pid, db_available=max(0, stock.get(pid, 0)), counted_holders=counted
+        )
+    if report.reopened or report.returned or report.consumed or report.closed:
+        log.info(
+            "flash-sale pool swept",
+            extra={
+                "reopened": report.reopened,
+                "closed": report.closed,
+                "returned": len(report.returned),
+                "consumed": len(report.consumed),
+            },
+        )
+    return report

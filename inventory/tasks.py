@@ -14,3 +14,12 @@ def release_expired_reservations() -> int:
     Safe on several workers at once; a run that overlaps the next one only finds less to do.
     """
     return len(reservations_release_expired())
+
+
+@shared_task(name="inventory.tasks.flash_pool_sweep", ignore_result=True)
+def flash_pool_sweep() -> int:
+    """Beat runs this every 30 s (schedule created by migration 0004): repair flash-sale pools from the
+    database (re-open pools lost with Redis, settle crashed holders). Returns the products repaired."""
+    from inventory.flashsale import flash_pool_sweep as sweep
+
+    return len(sweep().repaired)
