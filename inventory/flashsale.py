@@ -13,6 +13,7 @@ Layout (every key shares the ``{fs}`` hash tag, so one Lua script may touch all 
 - ``fs:{fs}:stats``           hash of counters (admitted, sold_out, busy, returned, consumed)
 - ``fs:{fs}:queue:<pid>``     sorted set of fair-queue tickets by arrival (inventory/flashsale_queue.py)
 - ``fs:{fs}:ticket:<ticket>`` hash of one ticket (product, joined, seen, admitted)
+- ``fs:{fs}:cart:<cart key>`` the holder (checkout id) that holds tokens for this cart now
 
 A product is in the pool while its ``free`` field exists. Taking is all-or-nothing across lines; a
 shortfall is ``sold_out`` when even the in-flight tokens could not cover it (stock is gone), and
@@ -69,19 +70,24 @@ class PoolState:
     queued: int = 0
 
 
-# KEYS: free, inflight, held, stats. ARGV: holder, now (epoch seconds), ticket ('' for none), then pairs
-# product_id, quantity. Products without a pool are skipped and listed in the reply.
-# Returns {'ok', missing...} | {'held'} (this holder already holds tokens: idempotent) | {'sold_out', pid}
+# KEYS: free, inflight, held, stats. ARGV: holder, now (epoch seconds), ticket ('' for none), cart key
+# ('' for none), then pairs product_id, quantity. Products without a pool are skipped and listed in the
+# reply. Returns {'ok', missing...} | {'held'} (this holder already holds tokens: idempotent)
+# | {'active', holder} (another checkout of this cart holds tokens: nothing taken) | {'sold_out', pid}
 # | {'busy', pid}. 'ok' with nothing taken (no flash product in the lines) records no holder.
 _TAKE = """
 local holder = ARGV[1]
 if redis.call('HEXISTS', KEYS[3], holder) == 1 then return {'held'} end
-local ticket = ARGV[3]
-local n = (#ARGV - 3) / 2
+local ticket, cart = ARGV[3], ARGV[4]
+if cart ~= '' then
+  local other = redis.call('GET', 'fs:{fs}:cart:' .. cart)
+  if other and redis.call('HEXISTS', KEYS[3], other) == 1 then return {'active', other} end
+end
+local n = (#ARGV - 4) / 2
 local take, missing = {}, {}
 for i = 0, n - 1 do
-  local pid = ARGV[4 + 2 * i]
-  local q = tonumber(ARGV[5 + 2 * i])
+  local pid = ARGV[5 + 2 * i]
+  local q = tonumber(ARGV[6 + 2 * i])
   local free = redis.call('HGET', KEYS[1], pid)
   if free then
     free = tonumber(free)
@@ -118,7 +124,8 @@ for _, line in ipairs(take) do
   end
 end
 if ticket ~= '' then redis.call('DEL', 'fs:{fs}:ticket:' .. ticket) end
-redis.call('HSET', KEYS[3], holder, cjson.encode({at = tonumber(ARGV[2]), lines = held}))
+redis.call('HSET', KEYS[3], holder, cjson.encode({at = tonumber(ARGV[2]), lines = held, cart = cart}))
+if cart ~= '' then redis.call('SET', 'fs:{fs}:cart:' .. cart, holder, 'EX', 86400) end
 redis.call('HINCRBY', KEYS[4], 'admitted', 1)
 return reply
 """
@@ -129,7 +136,8 @@ return reply
 _SETTLE = """
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then return 0 end
-local held = cjson.decode(raw)['lines']
+local data = cjson.decode(raw)
+local held = data['lines']
 local units = 0
 for pid, q in pairs(held) do
   if redis.call('HEXISTS', KEYS[1], pid) == 1 then
@@ -140,6 +148,10 @@ for pid, q in pairs(held) do
   units = units + q
 end
 redis.call('HDEL', KEYS[3], ARGV[1])
+if data['cart'] and data['cart'] ~= '' then
+  local ckey = 'fs:{fs}:cart:' .. data['cart']
+  if redis.call('GET', ckey) == ARGV[1] then redis.call('DEL', ckey) end
+end
 redis.call('HINCRBY', KEYS[4], ARGV[2] == 'return' and 'returned' or 'consumed', 1)
 return units
 """
@@ -250,13 +262,17 @@ def flash_pool_products() -> list[int]:
 # --- tokens ----------------------------------------------------------------------------------------
 
 
-def flash_tokens_take(*, holder: str, lines: Iterable[tuple[int, int]], ticket: str | None = None) -> bool:
+def flash_tokens_take(
+    *, holder: str, lines: Iterable[tuple[int, int]], ticket: str | None = None, cart_key: str | None = None
+) -> bool:
     """Take one token per unit for every flash-sale line, all or nothing, in one Redis round trip.
 
     Call it before any database work, with the checkout id the saga will use as ``holder``. Returns
     True when tokens were taken (or the holder already held them), False when no line is a flash-sale
     product. Raises :class:`SoldOut` or :class:`FlashSaleBusy`. ``ticket`` is a fair-queue ticket
-    (inventory/flashsale_queue.py): an admitted ticket goes ahead of buyers without one.
+    (inventory/flashsale_queue.py): an admitted ticket goes ahead of buyers without one. ``cart_key``:
+    while another checkout of the same cart holds tokens, nothing is taken and False is returned (the
+    caller finds that active checkout), so a second start never competes with the cart's own first one.
 
     A sold-out or busy answer never touches the database. Only when a line names a product with no
     pool (none is a flash sale, or Redis lost the pool) is the catalog asked — through its Redis cache —
@@ -269,11 +285,11 @@ def flash_tokens_take(*, holder: str, lines: Iterable[tuple[int, int]], ticket: 
         return False
     started = time.perf_counter()
     try:
-        taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "")
+        taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
         if missing and _reopen_lost_pools(missing):
             if taken:  # give back and take again: all lines in one script, all or nothing
                 flash_tokens_return(holder=holder)
-            taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "")
+            taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
     except SoldOut:
         metrics.rejected("sold_out", time.perf_counter() - started)
         raise
@@ -285,14 +301,16 @@ def flash_tokens_take(*, holder: str, lines: Iterable[tuple[int, int]], ticket: 
     return taken
 
 
-def _take(*, holder: str, summed: dict[int, int], ticket: str) -> tuple[bool, list[int]]:
-    argv: list[str | int | float] = [holder, round(time.time(), 3), ticket]
+def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tuple[bool, list[int]]:
+    argv: list[str | int | float] = [holder, round(time.time(), 3), ticket, cart]
     for pid, q in sorted(summed.items()):
         argv += [pid, q]
     reply = [_text(v) for v in _script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)]
     outcome = reply[0]
     if outcome == "held":
         return True, []
+    if outcome == "active":
+        return False, []
     if outcome == "sold_out":
         raise SoldOut("This product is sold out.", productId=int(reply[1]))
     if outcome == "busy":

@@ -130,6 +130,8 @@ class CheckoutStartApi(CheckoutApiBase):
             **problem_responses(
                 "cart_empty",
                 "insufficient_stock",
+                "sold_out",
+                "flash_sale_busy",
                 "product_not_found",
                 "inventory_contention",
                 "checkout_in_progress",

@@ -42,7 +42,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from cart.services import cart_clear, cart_snapshot
+from cart.services import CartSnapshot, cart_clear, cart_snapshot
+from inventory.flashsale import flash_tokens_consume, flash_tokens_return, flash_tokens_take
 from inventory.selectors import product_infos_get, reservations_for_holder
 from inventory.services import (
     InsufficientStock,
@@ -62,7 +63,7 @@ from orders.errors import (
     ProductUnavailable,
     ReservationExpired,
 )
-from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep, new_checkout_id
 from payments.gateway import (
     IntentResult,
     PaymentPermanentError,
@@ -211,14 +212,54 @@ def _priced_lines(lines: tuple) -> tuple[list[dict[str, Any]], str]:
 
 
 def checkout_start(
-    *, cart_key: str, token_hash: str | None = None, user_id: int | None = None, email: str | None = None
+    *,
+    cart_key: str,
+    token_hash: str | None = None,
+    user_id: int | None = None,
+    email: str | None = None,
+    flash_ticket: str | None = None,
 ) -> tuple[CheckoutSaga, bool]:
     """Start the cart's checkout, or return its active one. Returns ``(saga, created)``.
 
     The partial unique index on ``cart_key`` (active states) makes a concurrent second start lose the
     insert; it then waits briefly for the winner to reach ``awaiting_payment`` and returns it.
+
+    Flash sale: the checkout id is chosen first and one token per unit of flash-sale lines is taken in
+    Redis before any database work (``sold_out`` / ``flash_sale_busy`` answer without a query). A start
+    that does not create the saga gives its tokens back.
     """
     snapshot = cart_snapshot(key=cart_key)
+    checkout_id = new_checkout_id()
+    if snapshot.lines:
+        flash_tokens_take(
+            holder=checkout_id,
+            lines=[(line.product_id, line.quantity) for line in snapshot.lines],
+            ticket=flash_ticket,
+            cart_key=cart_key,
+        )
+    try:
+        return _start(snapshot=snapshot, checkout_id=checkout_id, token_hash=token_hash, user_id=user_id, email=email)
+    except BaseException:
+        _flash_give_back_unless_saved(checkout_id)
+        raise
+
+
+def _flash_give_back_unless_saved(checkout_id: str) -> None:
+    """Tokens of a start that created no saga go back now; a saved saga returns them by compensating.
+
+    If even this cannot be decided (the database or Redis is down), the flash sweeper returns them once
+    they have stood a minute without a reservation."""
+    try:
+        if not CheckoutSaga.objects.filter(public_id=checkout_id).exists():
+            flash_tokens_return(holder=checkout_id)
+    except Exception:  # noqa: BLE001 - keep the original error
+        log.warning("flash_tokens_left_to_sweeper", checkout_id=checkout_id)
+
+
+def _start(
+    *, snapshot: CartSnapshot, checkout_id: str, token_hash: str | None, user_id: int | None, email: str | None
+) -> tuple[CheckoutSaga, bool]:
+    cart_key = snapshot.key
     deadline = time.monotonic() + getattr(settings, "CARTFLOW_CHECKOUT_START_WAIT_SECONDS", 5.0)
     owner = uuid.uuid4().hex
     while True:
@@ -230,6 +271,7 @@ def checkout_start(
             try:
                 with transaction.atomic():
                     saga = CheckoutSaga.objects.create(
+                        public_id=checkout_id,
                         cart_key=cart_key,
                         cart_version=snapshot.version,
                         cart_token_hash=token_hash or "",
@@ -253,6 +295,7 @@ def checkout_start(
             _release_lease(saga)
             return saga, True
         if active.state != S.RESERVED and not active.compensate_to:
+            flash_tokens_return(holder=checkout_id)  # the cart's checkout is another one: not ours to hold
             return active, False
         if time.monotonic() >= deadline:
             raise CheckoutInProgress(
@@ -288,7 +331,8 @@ def _step_reserve(saga: CheckoutSaga) -> None:
 def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
     _about_to(saga, "release")
     released = reservation_release(holder=saga.public_id, status="EXPIRED" if to == S.EXPIRED else "RELEASED")
-    _done(saga, "release", details={"units": released})
+    returned = flash_tokens_return(holder=saga.public_id)  # safe twice; outside any transaction
+    _done(saga, "release", details={"units": released, "flashTokens": returned})
 
 
 def _step_create_order(saga: CheckoutSaga) -> None:
@@ -568,6 +612,7 @@ def _step_confirm(saga: CheckoutSaga) -> None:
         transaction.on_commit(lambda: _enqueue_outbox(event.pk))
 
     _done(saga, "confirm", state=S.CONFIRMED, also=confirm)
+    flash_tokens_consume(holder=saga.public_id)  # sold: the sweeper consumes them if we crash before this
     log.info("checkout_confirmed", checkout_id=saga.public_id, order_id=saga.order.public_id)
 
 
@@ -681,8 +726,7 @@ def _compensate_refund(saga: CheckoutSaga, intent: IntentResult) -> None:
     if fresh.state in (S.CONFIRMED, S.FULFILLED) or fresh.version != saga.version:
         saga.state = fresh.state
         return
-    if intent.amount_refunded >= intent.amount:
-        return
+    # Always ask Stripe (keyed by the order): a refund that already happened is returned, not repeated.
     _about_to(saga, "refund")
     refund = refund_create(order_id=saga.order.public_id, intent_id=intent.intent_id)
 
@@ -823,10 +867,9 @@ def sagas_stuck(*, now: datetime | None = None):  # noqa: ANN201 - a QuerySet
         | Q(step_status__in=[ABOUT_TO, INDETERMINATE])
         | Q(state__in=[S.AWAITING_PAYMENT, S.REQUIRES_ACTION], expires_at__lt=now)
     )
-    return (
-        CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL)
-        .exclude(state=S.CONFIRMED)
-        .filter(lapsed | unattended)
+    # A confirmed saga is the outbox's to finish; it is stuck only if a process died holding its lease.
+    return CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL).filter(
+        lapsed | (unattended & ~Q(state=S.CONFIRMED))
     )
 
 
