@@ -74,7 +74,6 @@ def test_full_flow_confirms_fulfils_and_clears_the_cart(stripe_emulator):
     invariants_hold()
 
 
-
 def test_insufficient_stock_is_409_and_holds_nothing(stripe_emulator):
     product = make_product(on_hand=3)
     first = guest_with_cart((product, 2))

@@ -1,0 +1,299 @@
+"""The failure matrix: every step failing, and a crash right before and right after its side effect.
+
+A crash is a SimulatedCrash (BaseException) raised at an armed point of orders.saga; the lease it leaves
+behind lapses and ``saga_recover`` (what ``recover_sagas`` runs) finishes or compensates. After each
+case: the right terminal state, stock adds up, at most one charge, and every invariant holds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cart.identity import cart_ref_for_token
+from inventory.models import Reservation
+from inventory.services import reservation_release, reservations_release_expired
+from orders import saga as saga_mod
+from orders.models import CheckoutSaga, Order
+from orders.saga import SimulatedCrash, checkout_cancel, checkout_confirm, checkout_start, saga_recover
+from orders.services import outbox_process_pending
+from payments.gateway import PaymentTransientError, payment_intent_retrieve
+from payments.hooks import intent_listeners_notify
+from tests.saga_support import charges, guest_with_cart, held, invariants_hold, later, make_product, refunds, stock
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+START_STEPS = ["reserve", "create_order", "create_payment_intent"]
+
+
+@pytest.fixture(autouse=True)
+def _disarm():
+    saga_mod.crash_points.clear()
+    yield
+    saga_mod.crash_points.clear()
+
+
+def _cart(product, quantity: int = 2) -> str:  # noqa: ANN001
+    client = guest_with_cart((product, quantity))
+    return cart_ref_for_token(client._credentials["HTTP_X_CART_TOKEN"]).key
+
+
+def _start(cart_key: str) -> CheckoutSaga:
+    saga, created = checkout_start(cart_key=cart_key)
+    assert created
+    return saga
+
+
+def _reload(saga: CheckoutSaga) -> CheckoutSaga:
+    return CheckoutSaga.objects.get(pk=saga.pk)
+
+
+def _finish(saga: CheckoutSaga) -> CheckoutSaga:
+    """Pay with a good card and run fulfilment: the saga must end fulfilled."""
+    saga = _reload(saga)
+    if saga.state in ("awaiting_payment", "requires_action"):
+        assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
+    outbox_process_pending()
+    saga = _reload(saga)
+    assert saga.state == "fulfilled"
+    return saga
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("step", START_STEPS)
+def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, step, when):
+    product = make_product()
+    cart_key = _cart(product)
+    saga_mod.crash_points.add(f"{step}:{when}")
+    with pytest.raises(SimulatedCrash):
+        checkout_start(cart_key=cart_key)
+    saga = CheckoutSaga.objects.get(cart_key=cart_key)
+    assert saga.state == "reserved" and saga.step == step
+
+    # A retry of start while the dead lease is still live: the same checkout, never a second hold.
+    with pytest.raises(Exception) as busy:
+        checkout_start(cart_key=cart_key)
+    assert getattr(busy.value, "code", "") == "checkout_in_progress"
+
+    assert saga_recover(now=later())["resumed"] == 1
+    saga = _reload(saga)
+    assert saga.state == "awaiting_payment" and saga.lease_owner == ""
+    assert held(saga.public_id) == 2 and stock(product) == (10, 2)
+    assert Order.objects.count() == 1
+    assert len(stripe_emulator.events("payment_intent.created")) == 1
+    again, created = checkout_start(cart_key=cart_key)
+    assert not created and again.pk == saga.pk
+
+    _finish(saga)
+    assert stock(product) == (8, 0) and charges(stripe_emulator) == 1
+    invariants_hold()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_crash_around_the_charge_is_settled_by_retrieving_the_intent(stripe_emulator, when):
+    product = make_product()
+    saga = _start(_cart(product))
+    saga_mod.crash_points.add(f"charge:{when}")
+    with pytest.raises(SimulatedCrash):
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+    assert _reload(saga).step_status == "about_to"
+    # While the charge is unknown the expiry sweep keeps the hold (Saleor #15246).
+    assert saga_mod.saga_keeps_hold(saga.public_id)
+
+    saga_recover(now=later())
+    saga = _reload(saga)
+    if when == "before":  # the confirm never reached Stripe: nothing charged, the checkout stays open
+        assert saga.state == "awaiting_payment" and saga.step_status == "failed"
+        assert charges(stripe_emulator) == 0
+    else:  # it was charged: recovery confirms the order
+        assert saga.state == "confirmed"
+        assert charges(stripe_emulator) == 1
+    _finish(saga)
+    assert stock(product) == (8, 0) and charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
+    invariants_hold()
+
+
+@pytest.mark.parametrize("point", ["confirm:before", "confirm:after", "fulfil:before", "fulfil:after"])
+def test_crash_around_confirm_and_fulfil_finishes_once(stripe_emulator, point):
+    product = make_product()
+    saga = _start(_cart(product))
+    saga_mod.crash_points.add(point)
+    with pytest.raises(SimulatedCrash):
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+        outbox_process_pending()
+    saga_recover(now=later())
+    outbox_process_pending()
+    saga = _reload(saga)
+    assert saga.state == "fulfilled"
+    assert stock(product) == (8, 0)
+    assert Reservation.objects.get(holder=saga.public_id).status == "COMMITTED"
+    assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
+    invariants_hold()
+
+
+@pytest.mark.parametrize("step", ["cancel_payment_intent", "cancel_order", "release"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_crash_during_compensation_is_finished_by_recovery(stripe_emulator, step, when):
+    product = make_product()
+    saga = _start(_cart(product))
+    saga_mod.crash_points.add(f"{step}:{when}")
+    with pytest.raises(SimulatedCrash):
+        checkout_cancel(saga_id=saga.pk)
+    assert _reload(saga).compensate_to == "cancelled"
+    saga_recover(now=later())
+    saga = _reload(saga)
+    assert saga.state == "cancelled" and saga.compensate_to == ""
+    assert stock(product) == (10, 0) and held(saga.public_id) == 0
+    assert payment_intent_retrieve(intent_id=saga.payment_intent_id).status == "canceled"
+    assert Order.objects.get(pk=saga.order_id).status == "cancelled"
+    assert charges(stripe_emulator) == 0
+    invariants_hold()
+
+
+def _paid_behind_our_back(stripe_emulator, saga: CheckoutSaga) -> None:  # noqa: ANN001
+    """The buyer's card is charged on Stripe's side without our confirm finishing (e.g. a client-side confirm)."""
+    stripe_emulator.client().v1.payment_intents.confirm(
+        saga.payment_intent_id, params={"payment_method": "pm_card_visa"}
+    )
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_crash_around_the_refund_still_refunds_exactly_once(stripe_emulator, when):
+    product = make_product(on_hand=2)
+    saga = _start(_cart(product))
+    _paid_behind_our_back(stripe_emulator, saga)
+    # The hold lapsed and someone else bought the stock: the paid order cannot be filled → refund.
+    reservation_release(holder=saga.public_id, status="EXPIRED")
+    _start(_cart(product))
+    saga_mod.crash_points.add(f"refund:{when}")
+    with pytest.raises(SimulatedCrash):
+        saga_mod.saga_on_reservation_expired(saga.public_id)
+    saga_recover(now=later())
+    saga = _reload(saga)
+    assert saga.state == "expired"
+    assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 1
+    assert Order.objects.get(pk=saga.order_id).payment_status == "refunded"
+    invariants_hold()
+
+
+# --- step failures -------------------------------------------------------------------------------
+
+
+def test_create_payment_intent_failure_fails_the_checkout_and_releases_stock(stripe_emulator):
+    product = make_product()
+    cart_key = _cart(product)
+    stripe_emulator.add_fault("POST /v1/payment_intents", "http_500", times=10)
+    with pytest.raises(PaymentTransientError):
+        checkout_start(cart_key=cart_key)
+    stripe_emulator.clear_faults()
+    saga = CheckoutSaga.objects.get(cart_key=cart_key)
+    assert saga.state == "failed" and stock(product) == (10, 0)
+    assert Order.objects.get(pk=saga.order_id).status == "cancelled"
+    _finish(_start(cart_key))  # the buyer's retry starts a fresh checkout
+    invariants_hold()
+
+
+def test_lost_charge_response_is_settled_in_the_same_request(stripe_emulator):
+    product = make_product()
+    saga = _start(_cart(product))
+    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "lose_response", times=10)
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
+    assert charges(stripe_emulator) == 1
+    invariants_hold()
+
+
+def test_unknown_charge_outcome_stays_indeterminate_until_stripe_answers(stripe_emulator):
+    product = make_product()
+    saga = _start(_cart(product))
+    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "lose_response", times=10)
+    stripe_emulator.add_fault("GET /v1/payment_intents/*", "http_500", times=10)
+    with pytest.raises(PaymentTransientError):
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+    assert _reload(saga).step_status == "indeterminate"
+    stripe_emulator.clear_faults()
+    saga_recover(now=later())
+    assert _reload(saga).state == "confirmed"
+    assert charges(stripe_emulator) == 1
+    invariants_hold()
+
+
+def test_charge_that_never_reached_stripe_leaves_the_checkout_open(stripe_emulator):
+    product = make_product()
+    saga = _start(_cart(product))
+    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "http_500", times=10)
+    with pytest.raises(PaymentTransientError):
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+    stripe_emulator.clear_faults()
+    assert _reload(saga).state == "awaiting_payment" and charges(stripe_emulator) == 0
+    _finish(saga)
+    invariants_hold()
+
+
+def test_paid_but_stock_gone_is_refunded_automatically(stripe_emulator):
+    product = make_product(on_hand=2)
+    saga = _start(_cart(product))
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_threeDSecure2Required").state == "requires_action"
+    reservation_release(holder=saga.public_id, status="EXPIRED")
+    _start(_cart(product))  # someone else takes both units
+    stripe_emulator.authenticate(saga.payment_intent_id)
+    intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
+    saga = _reload(saga)
+    assert saga.state == "failed"
+    assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 1
+    assert Order.objects.get(pk=saga.order_id).payment_status == "refunded"
+    invariants_hold()
+
+
+def test_refund_failure_is_retried_by_recovery(stripe_emulator):
+    product = make_product(on_hand=2)
+    saga = _start(_cart(product))
+    _paid_behind_our_back(stripe_emulator, saga)
+    reservation_release(holder=saga.public_id, status="EXPIRED")
+    _start(_cart(product))
+    stripe_emulator.add_fault("POST /v1/refunds", "http_500", times=10)
+    with pytest.raises(PaymentTransientError):  # compensation stops at the refund
+        saga_mod.saga_on_reservation_expired(saga.public_id)
+    assert _reload(saga).compensate_to == "expired" and refunds(stripe_emulator) == 0
+    stripe_emulator.clear_faults()
+    saga_recover(now=later())
+    assert _reload(saga).state == "expired" and refunds(stripe_emulator) == 1
+    invariants_hold()
+
+
+# --- time --------------------------------------------------------------------------------------------
+
+
+def test_expiry_compensates_to_expired_and_cancels_the_intent(stripe_emulator, settings):
+    settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1
+    product = make_product()
+    saga = _start(_cart(product))
+    assert reservations_release_expired(now=later()) == [saga.public_id]
+    saga = _reload(saga)
+    assert saga.state == "expired" and stock(product) == (10, 0)
+    assert payment_intent_retrieve(intent_id=saga.payment_intent_id).status == "canceled"
+    with pytest.raises(Exception) as exc:
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+    assert exc.value.code == "reservation_expired"
+    invariants_hold()
+
+
+def test_expiry_while_in_three_d_secure_extends_the_hold(stripe_emulator):
+    product = make_product()
+    saga = _start(_cart(product))
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_threeDSecure2Required").state == "requires_action"
+    assert reservations_release_expired(now=later(minutes=20)) == []
+    assert held(saga.public_id) == 2
+    stripe_emulator.authenticate(saga.payment_intent_id)
+    intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
+    assert _reload(saga).state == "confirmed"
+    invariants_hold()
+
+
+def test_expired_hold_but_paid_is_confirmed_when_stock_is_still_there(stripe_emulator):
+    product = make_product()
+    saga = _start(_cart(product))
+    _paid_behind_our_back(stripe_emulator, saga)
+    reservations_release_expired(now=later(minutes=20))  # the sweep expires the hold, the listener compensates
+    saga = _reload(saga)
+    assert saga.state == "confirmed" and stock(product) == (8, 0)
+    assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
+    invariants_hold()
