@@ -19,6 +19,18 @@ from payments.services import payment_mark_order_cancelled
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True)
+def _only_this_tests_listeners():
+    """The orders app registers its saga listener; these tests are about payments alone (its own tests cover
+    the saga), so each test starts with no listener and registers its own."""
+    from payments import hooks
+
+    saved = list(hooks._LISTENERS)
+    hooks._LISTENERS.clear()
+    yield
+    hooks._LISTENERS[:] = saved
+
+
 def _intent(order_id: str, *, pay: bool = False) -> str:
     intent = payment_intent_create(order_id=order_id, checkout_id=f"chk_{order_id}", amount=2000, currency="usd")
     if pay:

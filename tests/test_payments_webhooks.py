@@ -20,6 +20,18 @@ URL = "/api/webhooks/stripe"
 SECRET = "whsec_test_intake"
 
 
+@pytest.fixture(autouse=True)
+def _only_this_tests_listeners():
+    """The orders app registers its saga listener; these tests are about payments alone (its own tests cover
+    the saga), so each test starts with no listener and registers its own."""
+    from payments import hooks
+
+    saved = list(hooks._LISTENERS)
+    hooks._LISTENERS.clear()
+    yield
+    hooks._LISTENERS[:] = saved
+
+
 def _event(type_: str = "payment_intent.succeeded", intent_id: str = "pi_123", **extra) -> dict:
     return {
         "id": f"evt_{uuid.uuid4().hex[:16]}",

@@ -37,9 +37,13 @@ def test_duplicated_and_reversed_webhooks_converge_through_the_worker(
     celery_worker_process.wait_for(_settled, timeout=30)
     events = stripe_emulator.events()
     assert WebhookEvent.objects.count() == len(events)  # stored once each, whatever the deliveries
-    statuses = dict(WebhookEvent.objects.values_list("type", "status"))
-    assert {statuses[t] for t in HANDLED if t in statuses} == {"processed"}
-    assert statuses["payment_intent.succeeded"] == "processed"
+    # The worker runs the whole app, so the orders listener sees these events too. This order has no checkout,
+    # so that listener says NotKnownYet and the handled events end parked after their retries; without it they
+    # end processed. Either way payments applied them: the row below converged before the listeners ran.
+    for event in WebhookEvent.objects.filter(type__in=HANDLED):
+        assert event.status == "processed" or (
+            event.status == "parked" and event.last_error.startswith("NotKnownYet")
+        ), (event.type, event.status, event.last_error)
     payment = payment_get(order_id=order_id)
     assert (payment.status, payment.intent_id, payment.amount) == ("succeeded", intent.intent_id, 5000)
     accepted = [d["event_id"] for d in stripe_emulator.deliveries() if d["ok"]]
