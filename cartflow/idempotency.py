@@ -40,7 +40,7 @@ from cartflow.models import IdempotencyRecord
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
-_KEPT_HEADERS = ("Content-Type", "Location", "Retry-After")
+_KEPT_HEADERS = ("Location", "Retry-After")  # Content-Type: only when the view chose one (problem+json)
 
 
 def _ttl() -> timedelta:
@@ -112,7 +112,7 @@ def _store(record: IdempotencyRecord, response: Response) -> None:
         IdempotencyRecord.objects.filter(pk=record.pk, completed_at__isnull=True).delete()
         return
     headers = {h: response[h] for h in _KEPT_HEADERS if response.has_header(h)}
-    if response.content_type and "Content-Type" not in headers:
+    if response.content_type:
         headers["Content-Type"] = response.content_type
     IdempotencyRecord.objects.filter(pk=record.pk).update(
         response_status=response.status_code,
