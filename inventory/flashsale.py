@@ -326,7 +326,8 @@ def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tup
 def _reopen_lost_pools(product_ids: list[int]) -> bool:
     """Re-open the pools of flash-sale products whose pool is missing (Redis restarted). True if any is.
 
-    One process re-opens each (a short Redis lock); the others answer busy until it has.
+    One process re-opens each (a short Redis lock); the others wait up to half a second for it, then
+    answer busy.
     """
     from inventory.selectors import product_infos_get
 
@@ -338,10 +339,22 @@ def _reopen_lost_pools(product_ids: list[int]) -> bool:
         if client.hexists(FREE, pid):
             continue
         if not client.set(f"{REOPEN_LOCK}{pid}", "1", nx=True, ex=5):
-            raise FlashSaleBusy("The flash sale is restarting.", productId=pid, retry_after=1)
+            if not _wait_for_pool(client, pid, seconds=0.5):
+                raise FlashSaleBusy("The flash sale is restarting.", productId=pid, retry_after=1)
+            continue
         _open_from_db(pid)
         log.warning("flash-sale pool re-opened after it was lost", extra={"product_id": pid})
     return True
+
+
+def _wait_for_pool(client, product_id: int, *, seconds: float) -> bool:  # noqa: ANN001
+    """Another process is re-opening the pool: a short wait beats sending the buyer away."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.hexists(FREE, product_id):
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def flash_tokens_return(*, holder: str) -> int:

