@@ -1,0 +1,329 @@
+"""`make bench` (`python -m bench all`): every workload beside its ceiling, in one run, in one table.
+
+It starts what it needs, all on loopback and all its own: a scratch database ``cartflow_bench`` (on the
+PostgreSQL named by DATABASE_URL, default the local one; migrated, seeded, dropped afterwards), a private
+redis-server, the Stripe emulator (webhooks to the server), gunicorn and one Celery worker. Then, with
+64 concurrent clients (bench/driver.py), each run bounded in requests and seconds:
+
+- ``GET /healthz``: the server's cheapest answer (the reference for cart writes and sold_out);
+- cart writes: ``POST /api/cart/items``;
+- flash-sale ``sold_out``: ``checkout/start`` of carts holding a product whose token pool is exhausted,
+  while counting the database's transactions (must stay 0);
+- hot-product rush: ``checkout/start`` for ONE product, each client its own (pre-filled) cart;
+- spread checkout: start + confirm (``pm_card_visa``) over 64 products; the rate is completed checkouts/s,
+  the percentiles are per HTTP request;
+
+then the ceilings on the same PostgreSQL and Redis (bench/ceiling.py), zero oversell and
+``check_invariants``; prints one table and writes ``bench/results/<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import checkout as wl
+from bench import stack as st
+from bench.ceiling import postgres_ceilings, redis_ceilings
+from bench.driver import Result, run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _row(name: str, result: Result | None = None, **kw: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"workload": name}
+    if result is not None:
+        row.update(
+            rate=result.rate,
+            p50_ms=result.p50,
+            p95_ms=result.p95,
+            p99_ms=result.p99,
+            requests=result.requests,
+            seconds=round(result.seconds, 2),
+            errors=dict(result.errors),
+        )
+    row.update(kw)
+    return row
+
+
+def _db_transactions(db_url: str) -> int:
+    import psycopg
+
+    time.sleep(1.2)  # backends report their counters to the stats system about once a second
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        name = db_url.rsplit("/", 1)[1]
+        value = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
+    return int(value[0]) if value else 0
+
+
+def _wait_settled(stack: st.Stack, seconds: float = 30.0) -> None:
+    """Let the emulator deliver its webhooks and the worker drain the queue before checking invariants."""
+    import redis
+
+    client = redis.Redis.from_url(stack.broker_url)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            hooks = httpx.get(f"{stack.stripe_url}/_emulator/webhooks", timeout=2).json()
+            pending = hooks["queued"] + hooks["in_flight"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            pending = 0
+        if client.llen("celery") == 0 and not pending:
+            time.sleep(1)
+            if client.llen("celery") == 0:
+                return
+        time.sleep(0.5)
+
+
+def _oversell() -> list[str]:
+    from django.db.models import F
+
+    from inventory.models import Stock
+
+    bad = Stock.objects.filter(reserved__gt=F("on_hand")) | Stock.objects.filter(on_hand__lt=0)
+    return [f"stock {s.product_id}: on_hand={s.on_hand} reserved={s.reserved}" for s in bad]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench all", description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=8.0, help="time budget of each HTTP workload")
+    parser.add_argument("--worker-class", default=os.environ.get("BENCH_WORKER_CLASS", "gthread"))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "4")))
+    parser.add_argument("--log-level", default="WARNING", help="the server's LOG_LEVEL (INFO logs every request)")
+    parser.add_argument("--hot-carts", type=int, default=3000, help="request budget of the hot rush")
+    parser.add_argument("--spread-carts", type=int, default=2000, help="checkout budget of the spread run")
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0)
+    parser.add_argument("--only", default="", help="comma-separated subset: healthz,cart,flash,hot,spread,ceiling")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and the logs")
+    parser.add_argument("--json", type=Path, help="also write the results here (e.g. bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()} or {
+        "healthz", "cart", "flash", "hot", "spread", "ceiling"
+    }  # fmt: skip
+
+    server = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+    db_url = st.recreate_database(server, "cartflow_bench")
+    stack = st.new_stack(db_url=db_url, log_level=args.log_level)
+    rows: list[dict[str, Any]] = []
+    checks: dict[str, Any] = {}
+    ceilings: dict[str, dict[str, Any]] = {}
+    t_start = time.monotonic()
+    try:
+        stack.start_redis()
+        st.django_setup(stack)
+        catalog = wl.catalog_seed()
+        hot_tokens = wl.carts_fill(product_ids=[catalog.hot], count=args.hot_carts if "hot" in only else 0)
+        spread_tokens = wl.carts_fill(product_ids=catalog.spread, count=args.spread_carts if "spread" in only else 0)
+        flash_tokens = wl.carts_fill(product_ids=[catalog.flash], count=args.clients)
+        warm_tokens = wl.carts_fill(product_ids=catalog.spread, count=16)
+        web = stack.start_web(worker_class=args.worker_class, workers=args.workers, threads=args.threads)
+        stack.start_emulator(int(stack.stripe_url.rsplit(":", 1)[1]))
+        stack.start_worker(concurrency=4)
+        print(
+            f"server: gunicorn {args.worker_class} {args.workers} workers x {args.threads} threads, "
+            f"LOG_LEVEL={args.log_level}; {args.clients} clients; {os.cpu_count()} CPUs; logs in {stack.logdir}",
+            flush=True,
+        )
+        url = stack.web_url
+        run(base_url=url, request=wl.healthz, name="warm-up", clients=8, seconds=1)
+        run(base_url=url, request=wl.start_and_confirm(warm_tokens, wl.Steps()), clients=8, max_requests=16, seconds=10)
+
+        health = None
+        if only & {"healthz", "cart", "flash"}:
+            health = run(base_url=url, request=wl.healthz, name="healthz", clients=args.clients, seconds=args.seconds)
+            rows.append(_row("GET /healthz", health, target="reference"))
+        if "cart" in only and health:
+            cart = run(
+                base_url=url,
+                request=wl.cart_add(catalog.spread),
+                name="cart",
+                clients=args.clients,
+                seconds=args.seconds,
+            )
+            ratio = cart.rate / health.rate
+            rows.append(
+                _row("cart writes", cart, ratio=ratio, ratio_to="healthz", target=">= 0.50 x healthz", met=ratio >= 0.5)
+            )
+        if "flash" in only and health:
+            before = _db_transactions(db_url)
+            flash = run(
+                base_url=url,
+                request=wl.same_cart_start(flash_tokens),
+                name="flash",
+                clients=args.clients,
+                seconds=args.seconds,
+            )
+            queries = _db_transactions(db_url) - before - 1  # minus our own snapshot read
+            ratio = flash.rate / health.rate
+            only_sold_out = set(flash.errors) == {"sold_out"}
+            rows.append(
+                _row(
+                    "flash sold_out",
+                    flash,
+                    ratio=ratio,
+                    ratio_to="healthz",
+                    db_transactions=queries,
+                    target=">= 0.80 x healthz, no DB query",
+                    met=ratio >= 0.8 and queries <= 0 and only_sold_out,
+                )
+            )
+        if "hot" in only:
+            hot = run(
+                base_url=url,
+                request=wl.start_only(hot_tokens),
+                name="hot",
+                clients=args.clients,
+                seconds=args.seconds,
+                max_requests=len(hot_tokens),
+            )
+            checks["hot_started"] = hot.statuses.get(201, 0)
+            rows.append(_row("hot rush start", hot, ok_rate=hot.statuses.get(201, 0) / hot.seconds))
+        if "spread" in only:
+            steps = wl.Steps()
+            spread = run(
+                base_url=url,
+                request=wl.start_and_confirm(spread_tokens, steps),
+                name="spread",
+                clients=args.clients,
+                seconds=args.seconds,
+                max_requests=len(spread_tokens),
+            )
+            rate = steps.completed / spread.seconds
+            p99 = wl.percentile(steps.latencies_ms, 99)
+            rows.append(
+                {
+                    "workload": "spread checkout",
+                    "rate": rate,
+                    "p50_ms": wl.percentile(steps.latencies_ms, 50),
+                    "p95_ms": wl.percentile(steps.latencies_ms, 95),
+                    "p99_ms": p99,
+                    "requests": len(steps.latencies_ms),
+                    "checkouts": spread.requests,
+                    "completed": steps.completed,
+                    "seconds": round(spread.seconds, 2),
+                    "errors": dict(steps.outcomes),
+                    "checkout_p50_ms": spread.p50,
+                    "checkout_p99_ms": spread.p99,
+                    "target": ">= 100 completed/s, p99 < 500 ms",
+                    "met": rate >= 100 and p99 < 500,
+                }
+            )
+        _wait_settled(stack)
+        worker_pids = web.children()
+        checks["web_workers_alive"] = len(worker_pids)
+    finally:
+        stack.stop_all()
+
+    try:
+        from django.db import connections
+
+        from cartflow.invariants import run_all
+        from inventory.models import Stock
+
+        violations = {name: v for name, v in run_all().items() if v}
+        checks["invariants"] = violations or "clean"
+        checks["oversold"] = _oversell()
+        if "hot_started" in checks:
+            reserved = Stock.objects.get(product_id=catalog.hot).reserved
+            checks["hot_reserved_units"] = reserved
+            checks["hot_reserved_matches_201s"] = reserved == checks["hot_started"]
+        connections.close_all()
+        if "ceiling" in only:
+            ceilings = postgres_ceilings(db_url, clients=args.clients, seconds=args.ceiling_seconds)
+            stack.start_redis()
+            ceilings.update(redis_ceilings(stack.redis_url, clients=args.clients))
+    finally:
+        stack.stop_all()
+        if not args.keep:
+            from django.db import connections
+
+            connections.close_all()
+            st.drop_database(server, "cartflow_bench")
+
+    order_tx = ceilings.get("pg order-tx", {}).get("rate")
+    for row in rows:
+        if row["workload"] == "hot rush start":
+            ok_rate = row.pop("ok_rate")
+            row["rate"] = ok_rate
+            row["ratio"] = ok_rate / order_tx if order_tx else float("nan")
+            row["ratio_to"] = "pg order-tx"
+            row["target"] = ">= 0.25 x order-tx, p99 < 400 ms, zero oversell"
+            row["met"] = bool(
+                order_tx
+                and row["ratio"] >= 0.25
+                and row["p99_ms"] < 400
+                and not checks.get("oversold")
+                and checks.get("hot_reserved_matches_201s", False)
+            )
+        if row["workload"] == "spread checkout" and ceilings.get("pg spread UPDATE"):
+            row["ratio"] = row["rate"] / ceilings["pg spread UPDATE"]["rate"]
+            row["ratio_to"] = "pg spread UPDATE"
+    for name, ceiling in ceilings.items():
+        rows.append({"workload": f"ceiling: {name}", "rate": ceiling["rate"], "p50_ms": ceiling.get("p50_ms"),
+                     "target": ceiling["tool"]})  # fmt: skip
+
+    _print_table(rows)
+    ok = checks.get("invariants") == "clean" and not checks.get("oversold")
+    print(f"checks: {json.dumps(checks, default=str)}")
+    print(f"total wall time {time.monotonic() - t_start:.0f} s")
+    document = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "server": {
+            "worker_class": args.worker_class,
+            "workers": args.workers,
+            "threads": args.threads,
+            "log_level": args.log_level,
+        },
+        "clients": args.clients,
+        "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows],
+        "checks": checks,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    text = json.dumps(document, indent=2, default=str)
+    out.write_text(text)
+    if args.json:
+        args.json.write_text(text)
+    print(f"results: {out}")
+    return 0 if ok else 1
+
+
+def _fmt(value: Any, spec: str = ".0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'workload':<26} {'rate/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  {'ratio':>6} {'met':>4}  "
+        f"{'target':<46} errors"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        errors = ", ".join(f"{k}={v}" for k, v in sorted((r.get("errors") or {}).items(), key=lambda kv: -kv[1]))
+        met = "" if "met" not in r else ("yes" if r["met"] else "NO")
+        ratio = _fmt(r.get("ratio"), ".2f")
+        if r.get("ratio_to"):
+            ratio += ""
+        print(
+            f"{r['workload']:<26} {_fmt(r.get('rate')):>9} {_fmt(r.get('p50_ms'), '.1f'):>8} "
+            f"{_fmt(r.get('p95_ms'), '.1f'):>8} {_fmt(r.get('p99_ms'), '.1f'):>8}  {ratio:>6} {met:>4}  "
+            f"{r.get('target', ''):<46} {errors or ('' if r.get('rate') is None else 'none')}"
+        )

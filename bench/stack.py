@@ -1,0 +1,254 @@
+"""The processes a benchmark or the fault campaign runs against, all on loopback and all its own.
+
+- a private ``redis-server`` on a free port (``--save ""``), so the run can flush it and stop it freely;
+- a scratch PostgreSQL database (``cartflow_bench`` by default) on the server named by ``DATABASE_URL``
+  (default the local one), dropped and re-created, migrated and seeded by :func:`django_setup`;
+- the Stripe emulator on a free port, posting signed webhooks to the web server;
+- gunicorn on a free port (worker class, workers and threads given), and Celery worker(s) (and beat).
+
+Every child runs in its own session and is stopped by its process group id, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+WEBHOOK_SECRET = "whsec_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"{what} did not come up within {timeout:g} s")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+            self.popen.wait(wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+    def children(self) -> list[int]:
+        """Direct children (gunicorn's workers, celery's pool processes)."""
+        try:
+            text = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """What :func:`start` started; ``env`` is what the server processes see (also used by ``manage.py``)."""
+
+    db_url: str
+    redis_url: str
+    broker_url: str
+    logdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, Proc] = field(default_factory=dict)
+    web_url: str = ""
+    stripe_url: str = ""
+    redis_port: int = 0
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.logdir / f"{name}.log"
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(
+                argv, cwd=ROOT, env=env or self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    # --- redis ---
+    def start_redis(self) -> Proc:
+        proc = self.spawn(
+            "redis",
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--maxclients", "4096", "--dir", str(self.logdir),
+            ],
+        )  # fmt: skip
+        import redis
+
+        wait_until(lambda: redis.Redis(port=self.redis_port, socket_timeout=0.5).ping(), 10, "redis-server")
+        return proc
+
+    # --- the Stripe emulator ---
+    def start_emulator(self, port: int) -> Proc:
+        proc = self.spawn(
+            "stripe",
+            [
+                str(BIN / "python"), "-m", "payments.emulator", "--host", "127.0.0.1", "--port", str(port),
+                "--webhook-url", f"{self.web_url}/api/webhooks/stripe", "--webhook-secret", WEBHOOK_SECRET,
+            ],
+        )  # fmt: skip
+        wait_until(
+            lambda: httpx.get(f"{self.stripe_url}/_emulator/health", timeout=1).status_code == 200, 20, "emulator"
+        )
+        return proc
+
+    # --- gunicorn ---
+    def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web") -> Proc:
+        argv = [
+            str(BIN / "gunicorn"), "cartflow.wsgi:application", "-c", "python:cartflow.gunicorn_conf",
+            "--bind", self.web_url.removeprefix("http://"), "--workers", str(workers),
+            "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
+        ]  # fmt: skip
+        proc = self.spawn(name, argv)
+        wait_until(lambda: httpx.get(f"{self.web_url}/healthz", timeout=1).status_code == 200, 60, "gunicorn")
+        wait_until(lambda: len(proc.children()) >= workers, 30, "gunicorn workers")
+        return proc
+
+    # --- celery ---
+    def start_worker(self, *, name: str = "worker", concurrency: int = 4, pool: str = "threads") -> Proc:
+        argv = [
+            str(BIN / "celery"), "-A", "cartflow", "worker", "--pool", pool, "--concurrency", str(concurrency),
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--hostname", f"{name}-{os.getpid()}@%h",
+        ]  # fmt: skip
+        return self.spawn(name, argv)
+
+    def start_beat(self) -> Proc:
+        schedule = self.logdir / "beat-schedule"
+        argv = [
+            str(BIN / "celery"), "-A", "cartflow", "beat", "--loglevel", "WARNING",
+            "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler", "--schedule", str(schedule),
+        ]  # fmt: skip
+        return self.spawn("beat", argv)
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "python"), "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+
+def new_stack(*, db_url: str, log_level: str = "WARNING", extra_env: dict[str, str] | None = None) -> Stack:
+    """A Stack with free ports chosen and the environment the server processes will see."""
+    logdir = Path(tempfile.mkdtemp(prefix="cf-bench-"))
+    redis_port, web_port, stripe_port = free_port(), free_port(), free_port()
+    stack = Stack(
+        db_url=db_url,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        broker_url=f"redis://127.0.0.1:{redis_port}/1",
+        logdir=logdir,
+        web_url=f"http://127.0.0.1:{web_port}",
+        stripe_url=f"http://127.0.0.1:{stripe_port}",
+        redis_port=redis_port,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "CARTFLOW_", "DJANGO_"))}
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "REDIS_URL": stack.redis_url,
+            "CELERY_BROKER_URL": stack.broker_url,
+            "STRIPE_API_BASE": stack.stripe_url,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "CARTFLOW_DEV": "1",
+            "CARTFLOW_CART_WRITE_RATE": "100000000/min",
+            "CARTFLOW_CHECKOUT_RATE": "100000000/min",
+            "CARTFLOW_CART_TTL_SECONDS": "3600",
+            "CARTFLOW_LOG_FORMAT": "json",
+            "LOG_LEVEL": log_level,
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "cartflow.settings",
+            **(extra_env or {}),
+        }
+    )
+    stack.env = env
+    return stack
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create ``name`` on the server of ``server_url``; returns its URL."""
+    import psycopg
+
+    with psycopg.connect(with_db(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_db(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(with_db(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def django_setup(stack: Stack) -> None:
+    """Point this process's Django at the stack (its DB, Redis, emulator) and migrate."""
+    for key in list(os.environ):
+        if key.startswith(("STRIPE_", "CARTFLOW_", "DJANGO_")):
+            del os.environ[key]
+    os.environ.update(stack.env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)

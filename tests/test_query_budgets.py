@@ -1,0 +1,79 @@
+"""SQL statements per endpoint, with budgets: a change that adds a query to a hot path fails here.
+
+The budgets are the counts measured when they were set (docs/performance.md lists them); the
+flash-sale ``sold_out`` answer and the cart read must not touch the database at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from inventory.flashsale import flash_sale_start, flash_tokens_consume, flash_tokens_take
+from tests.saga_support import guest_with_cart, make_product
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BUDGETS = {
+    "product_list": 2,
+    "product_detail": 1,
+    "cart_add": 1,
+    "cart_get": 0,
+    # Statements, BEGIN/COMMIT included: 8 short transactions (saga insert, about-to/done per step, the
+    # PaymentIntent record, the lease release) around one reserve statement and one Stripe call.
+    "checkout_start": 48,
+    "checkout_confirm": 40,
+    "checkout_start_sold_out": 0,
+}
+
+
+def _show(name: str, ctx: CaptureQueriesContext) -> str:
+    return f"{name}: {len(ctx.captured_queries)} queries\n" + "\n".join(q["sql"][:200] for q in ctx.captured_queries)
+
+
+def test_catalog_reads_stay_within_budget(django_assert_max_num_queries):
+    product = make_product()
+    client = APIClient()
+    client.get("/api/products")  # warm whatever is cached per process
+    with django_assert_max_num_queries(BUDGETS["product_list"]):
+        assert client.get("/api/products").status_code == 200
+    client.get(f"/api/products/{product.id}")
+    with django_assert_max_num_queries(BUDGETS["product_detail"]):
+        assert client.get(f"/api/products/{product.id}").status_code == 200
+
+
+def test_cart_add_reads_stock_once_and_cart_get_touches_no_table(django_assert_max_num_queries):
+    product = make_product(on_hand=50)
+    client = guest_with_cart((product, 1))  # the catalog row is cached from here on
+    with django_assert_max_num_queries(BUDGETS["cart_add"]):
+        response = client.post("/api/cart/items", {"productId": product.id, "quantity": 1}, format="json")
+    assert response.status_code == 201, response.content
+    with django_assert_max_num_queries(BUDGETS["cart_get"]):
+        response = client.get("/api/cart")
+    assert response.status_code == 200 and response.json()["itemCount"] == 2
+
+
+def test_checkout_start_and_confirm_stay_within_budget(stripe_emulator, django_assert_max_num_queries):
+    product = make_product(on_hand=50)
+    client = guest_with_cart((product, 1))
+    with django_assert_max_num_queries(BUDGETS["checkout_start"]) as ctx:
+        response = client.post("/api/checkout/start", {}, format="json")
+    assert response.status_code == 201, _show("start", ctx)
+    body = {"paymentMethodId": "pm_card_visa", "checkoutId": response.json()["checkoutId"]}
+    with django_assert_max_num_queries(BUDGETS["checkout_confirm"]) as ctx:
+        response = client.post("/api/checkout/confirm", body, format="json")
+    assert response.status_code == 200, _show("confirm", ctx)
+
+
+def test_flash_sale_sold_out_is_answered_without_the_database():
+    product = make_product(on_hand=2)
+    client = guest_with_cart((product, 1))
+    flash_sale_start(product_id=product.id)
+    flash_tokens_take(holder="someone-else", lines=[(product.id, 2)])
+    flash_tokens_consume(holder="someone-else")
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.post("/api/checkout/start", {}, format="json")
+    assert response.status_code == 409 and response.json()["code"] == "sold_out", response.content
+    assert len(ctx.captured_queries) == BUDGETS["checkout_start_sold_out"], _show("sold_out", ctx)
