@@ -139,9 +139,11 @@ def test_expired_checkout_frees_the_cart_for_a_new_one(stripe_emulator, settings
     product = make_product()
     client = guest_with_cart((product, 2))
     first = client.post("/api/checkout/start", {}, format="json").json()
-    reservations_release_expired(now=later(minutes=20))
+    assert reservations_release_expired(now=later(minutes=20)) == [first["checkoutId"]]
+    assert CheckoutSaga.objects.get(public_id=first["checkoutId"]).state == "expired"
     response = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
-    assert response.status_code == 404 and response.json()["code"] == "checkout_not_found"  # no active one left
+    # Without checkoutId the cart's lapsed checkout is named: 409 reservation_expired, not "no checkout".
+    assert response.status_code == 409 and response.json()["code"] == "reservation_expired"
     expired = client.post(
         "/api/checkout/confirm", {"paymentMethodId": "pm_card_visa", "checkoutId": first["checkoutId"]}, format="json"
     )
