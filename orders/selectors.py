@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Q
 
 from inventory.selectors import reservations_for_holder
-from orders.errors import CheckoutNotFound, OrderNotFound
+from orders.errors import CheckoutNotFound, OrderNotFound, ReservationExpired
 from orders.models import CheckoutSaga, Order
 
 
@@ -52,6 +52,11 @@ def checkout_active_for_cart(*, caller: Caller) -> CheckoutSaga:
             .select_related("order")
             .first()
         )
+    if saga is None and caller.cart_key:
+        # The cart's last checkout lapsed: say so (API.md: 409 reservation_expired), not "no checkout".
+        last = CheckoutSaga.objects.filter(cart_key=caller.cart_key).order_by("-pk").only("public_id", "state").first()
+        if last is not None and last.state == CheckoutSaga.State.EXPIRED:
+            raise ReservationExpired(checkoutId=last.public_id)
     if saga is None:
         raise CheckoutNotFound("This cart has no active checkout.")
     return saga
