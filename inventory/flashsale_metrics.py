@@ -56,6 +56,16 @@ def settled(outcome: str) -> None:
 class PoolCollector:
     """Reads the pool from Redis at scrape time (a few HGETALLs); a Redis outage yields no samples."""
 
+    def describe(self) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        """Names for the registry, so registering does not call collect() (and Redis) at import."""
+        return [
+            GaugeMetricFamily("cartflow_flash_tokens_free", "", labels=["product_id"]),
+            GaugeMetricFamily("cartflow_flash_tokens_inflight", "", labels=["product_id"]),
+            GaugeMetricFamily("cartflow_flash_queue_tickets", "", labels=["product_id"]),
+            GaugeMetricFamily("cartflow_flash_holders", ""),
+            CounterMetricFamily("cartflow_flash_pool_outcomes", "", labels=["outcome"]),
+        ]
+
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         from inventory import flashsale
 
