@@ -297,3 +297,27 @@ def test_expired_hold_but_paid_is_confirmed_when_stock_is_still_there(stripe_emu
     assert saga.state == "confirmed" and stock(product) == (8, 0)
     assert charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
     invariants_hold()
+
+
+@pytest.mark.django_db  # not transactional: sees the rows the data migration created
+def test_beat_schedules_exist():
+    from django_celery_beat.models import PeriodicTask
+
+    assert set(PeriodicTask.objects.filter(name__startswith="orders:").values_list("task", flat=True)) == {
+        "orders.tasks.recover_sagas_task",
+        "orders.tasks.outbox_sweep_task",
+    }
+
+
+def test_recover_sagas_command_finishes_a_crashed_charge(stripe_emulator, settings):
+    from django.core.management import call_command
+
+    settings.CARTFLOW_SAGA_LEASE_SECONDS = 0  # the crashed process's lease lapses at once
+    product = make_product()
+    saga = _start(_cart(product))
+    saga_mod.crash_points.add("charge:after")
+    with pytest.raises(SimulatedCrash):
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
+    call_command("recover_sagas")
+    assert _reload(saga).state == "fulfilled" and charges(stripe_emulator) == 1
+    invariants_hold()
