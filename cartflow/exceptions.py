@@ -129,8 +129,23 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             detail = "The request body is not valid JSON."
         return problem_response(request, code, detail, headers=headers)
     set_rollback()
+    if _backing_service_down(exc):
+        # PostgreSQL or Redis went away mid-request (restart, failover): a retry will do, so say so.
+        log.warning("backing_service_unavailable", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return problem_response(request, "service_unavailable", "A backing service is unreachable; retry shortly.")
     log.error("unhandled_exception", exc_info=exc)
     return problem_response(request, "internal_error")
+
+
+def _backing_service_down(exc: Exception) -> bool:
+    """A lost connection to PostgreSQL or Redis (not a bug in a query): found by the fault campaign."""
+    import redis
+    from django.db import InterfaceError, OperationalError
+    from django_redis.exceptions import ConnectionInterrupted
+
+    return isinstance(
+        exc, OperationalError | InterfaceError | redis.ConnectionError | redis.TimeoutError | ConnectionInterrupted
+    )
 
 
 def api_404(request: HttpRequest, exception: Exception | None = None):
