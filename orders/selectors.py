@@ -77,7 +77,8 @@ def reservation_expires_at(*, saga: CheckoutSaga) -> datetime | None:
 
 def checkout_view(*, saga: CheckoutSaga, steps: bool = False) -> dict[str, Any]:
     """The checkout as the API shows it (snake_case; serializers rename)."""
-    order = saga.order
+    # Read the order afresh: the saga's cached one predates the charge that just updated it.
+    order = Order.objects.filter(pk=saga.order_id).first() if saga.order_id else None
     amount = order.total if order else sum(line["unit_price"] * line["quantity"] for line in saga.lines)
     view: dict[str, Any] = {
         "checkout_id": saga.public_id,
