@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
 
 from cartflow import health
 from cartflow.exceptions import django_problem_response
@@ -35,6 +36,7 @@ def problem_detail(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "problems/detail.html", {"problem": problem})
 
 
+@csrf_exempt  # a POST/DELETE with a session cookie must get the 404 problem, not CSRF's HTML 403 (fuzzer)
 def api_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     """Catch-all for /api paths no route matched: a 404 problem, in debug too."""
     return django_problem_response(request, "not_found", f"Nothing lives at {request.path}.")

@@ -33,6 +33,15 @@ class ProductListFilterSerializer(serializers.Serializer):
     page = serializers.IntegerField(required=False, min_value=1)
 
 
+class ProductPageOutputSerializer(serializers.Serializer):
+    """One page of products, as PageNumberPagination renders it (the fuzzer found the list documented bare)."""
+
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ProductOutputSerializer(many=True)
+
+
 class ProductPagination(PageNumberPagination):
     page_size = 50
 
@@ -44,7 +53,7 @@ class ProductListApi(APIView):
             OpenApiParameter("sku", str, description="Exact SKU."),
             OpenApiParameter("page", int, description="1-based page number."),
         ],
-        responses={200: ProductOutputSerializer(many=True), **problem_responses("not_found", "validation_error")},
+        responses={200: ProductPageOutputSerializer, **problem_responses("not_found", "validation_error")},
     )
     def get(self, request: Request) -> Response:
         filters = ProductListFilterSerializer(data=request.query_params)

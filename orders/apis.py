@@ -197,6 +197,8 @@ class CheckoutDetailApi(CheckoutApiBase):
 
     @extend_schema(
         operation_id="checkout_retrieve",
+        # The pattern keeps /api/checkout/start and /confirm (POST-only routes) out of this template (fuzzer).
+        parameters=[OpenApiParameter("checkout_id", str, OpenApiParameter.PATH, pattern=r"^chk_[a-z2-7]+$")],
         responses={200: CheckoutDetailOutputSerializer, **problem_responses("checkout_not_found")},
     )
     def get(self, request: Request, checkout_id: str) -> Response:

@@ -25,3 +25,12 @@ def test_redis_outage_mid_checkout_is_a_retryable_503_not_a_500(settings, spare_
     body = response.json()
     assert body["code"] == "service_unavailable" and response["Retry-After"]
     assert "Traceback" not in response.content.decode()
+
+
+def test_unknown_api_path_with_a_cookie_and_an_unsafe_method_is_a_404_problem():
+    """Found by the schema fuzzer: DELETE /api/cart/items/null,null with a cookie got CSRF's HTML 403."""
+    client = APIClient(enforce_csrf_checks=True)
+    client.cookies["cart_token"] = "x" * 43
+    response = client.delete("/api/cart/items/null,null")
+    assert response.status_code == 404, response.content
+    assert response["Content-Type"] == "application/problem+json" and response.json()["code"] == "not_found"
