@@ -24,7 +24,7 @@ BUDGETS = {
     # Statements, BEGIN/COMMIT included: 8 short transactions (saga insert, about-to/done per step, the
     # PaymentIntent record, the lease release) around one reserve statement and one Stripe call.
     "checkout_start": 49,  # 48 + the fresh order read for paymentStatus (6ebe181)
-    "checkout_confirm": 40,
+    "checkout_confirm": 41,  # 40 + the same fresh order read
     "checkout_start_sold_out": 0,
 }
 
