@@ -107,6 +107,21 @@ _TYPES = [
         retry_after=True,
     ),
     ProblemType(
+        "flash_sale_not_active",
+        409,
+        "Flash sale not active",
+        "This product is not in a flash sale, so it has no queue: start a checkout directly.",
+        ("productId",),
+    ),
+    ProblemType(
+        "flash_ticket_not_found",
+        404,
+        "Flash ticket not found",
+        "This queue ticket has no place: it was used, or lost its place (not used within its admission "
+        "window, or not polled in time). Join the queue again.",
+        ("productId",),
+    ),
+    ProblemType(
         "inventory_contention",
         503,
         "Inventory contention",

@@ -241,6 +241,10 @@ CARTFLOW_RESERVE_MAX_SECONDS = env_float("CARTFLOW_RESERVE_MAX_SECONDS", 2.0)
 CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS", 0.002)
 CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
 CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
+# Flash-sale fair queue: an admitted ticket must start its checkout within ADMIT seconds, and a waiting
+# ticket that reaches the head without having been polled for POLL seconds loses its place.
+CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = env_float("CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS", 30.0)
+CARTFLOW_FLASH_QUEUE_POLL_SECONDS = env_float("CARTFLOW_FLASH_QUEUE_POLL_SECONDS", 60.0)
 
 # --- Stripe (payments/) ---
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")

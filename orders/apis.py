@@ -82,6 +82,21 @@ class CheckoutDetailOutputSerializer(CheckoutOutputSerializer):
 
 class CheckoutStartInputSerializer(serializers.Serializer):
     email = serializers.EmailField(required=False, allow_blank=True)
+    flashTicket = serializers.CharField(  # noqa: N815
+        source="flash_ticket",
+        required=False,
+        max_length=64,
+        help_text="A fair-queue ticket (POST /api/flash-sales/{sku}/queue); the Flash-Ticket header works too.",
+    )
+
+
+FLASH_TICKET_HEADER = OpenApiParameter(
+    "Flash-Ticket",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="An admitted flash-sale queue ticket: its holder goes ahead of buyers without one.",
+)
 
 
 class CheckoutConfirmInputSerializer(serializers.Serializer):
@@ -123,7 +138,7 @@ class CheckoutStartApi(CheckoutApiBase):
     @extend_schema(
         operation_id="checkout_start",
         request=CheckoutStartInputSerializer,
-        parameters=[IDEMPOTENCY_HEADER],
+        parameters=[IDEMPOTENCY_HEADER, FLASH_TICKET_HEADER],
         responses={
             201: CheckoutOutputSerializer,
             200: CheckoutOutputSerializer,
@@ -153,6 +168,7 @@ class CheckoutStartApi(CheckoutApiBase):
             token_hash=caller.token_hash,
             user_id=caller.user_id,
             email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
+            flash_ticket=data.validated_data.get("flash_ticket") or request.headers.get("Flash-Ticket") or None,
         )
         return _render(saga, status=201 if created else 200)
 
