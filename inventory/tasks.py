@@ -21,5 +21,8 @@ def flash_pool_sweep() -> int:
     """Beat runs this every 30 s (schedule created by migration 0004): repair flash-sale pools from the
     database (re-open pools lost with Redis, settle crashed holders). Returns the products repaired."""
     from inventory.flashsale import flash_pool_sweep as sweep
+    from inventory.flashsale_queue import flash_queue_refresh_all
 
-    return len(sweep().repaired)
+    repaired = len(sweep().repaired)
+    flash_queue_refresh_all()  # lapsed queue tickets must not hold up buyers when nobody polls
+    return repaired

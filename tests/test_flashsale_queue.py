@@ -186,3 +186,18 @@ def test_polling_costs_no_database_query(stripe_emulator, django_assert_num_quer
     joined = join(client, product)
     with django_assert_num_queries(0):
         assert poll(client, joined).status_code == 200
+
+
+def test_the_sweeper_beat_drops_lapsed_tickets_when_nobody_polls(stripe_emulator, settings):
+    from inventory.tasks import flash_pool_sweep
+
+    settings.CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = 0.3
+    product, holder, checkout_id, [quiet, outsider] = sold_out_for_now(2)
+    join(quiet, product)
+    assert holder.post(f"/api/checkout/{checkout_id}/cancel").status_code == 200
+    assert start(outsider).status_code == 429  # the free unit is the queued ticket's
+    flash_pool_sweep()  # admits the head (its window starts now)
+    time.sleep(0.4)
+    flash_pool_sweep()  # the window lapsed with nobody starting: the place is given up
+    assert flash_queue_length(product_id=product.id) == 0
+    assert start(outsider).status_code == 201
