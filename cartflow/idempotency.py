@@ -44,11 +44,11 @@ _KEPT_HEADERS = ("Location", "Retry-After")  # Content-Type: only when the view 
 
 
 def _ttl() -> timedelta:
-    return timedelta(seconds=getattr(settings, "CARTFLOW_IDEMPOTENCY_TTL_SECONDS", 24 * 3600))
+    return timedelta(seconds=settings.CARTFLOW_IDEMPOTENCY_TTL_SECONDS)
 
 
 def _lock() -> timedelta:
-    return timedelta(seconds=getattr(settings, "CARTFLOW_IDEMPOTENCY_LOCK_SECONDS", 60))
+    return timedelta(seconds=settings.CARTFLOW_IDEMPOTENCY_LOCK_SECONDS)
 
 
 def request_fingerprint(request: Any) -> str:

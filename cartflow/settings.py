@@ -241,6 +241,18 @@ CARTFLOW_RESERVE_MAX_SECONDS = env_float("CARTFLOW_RESERVE_MAX_SECONDS", 2.0)
 CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS", 0.002)
 CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
 CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
+
+# --- Checkout saga and Idempotency-Key (orders/saga.py, cartflow/idempotency.py) ---
+# CARTFLOW_SAGA_LEASE_SECONDS: how long a process may drive a saga before a crashed one's lease lapses.
+CARTFLOW_SAGA_LEASE_SECONDS = env_float("CARTFLOW_SAGA_LEASE_SECONDS", 30)
+# CARTFLOW_CHECKOUT_START_WAIT_SECONDS: a second start waits this long for the cart's first one to finish.
+CARTFLOW_CHECKOUT_START_WAIT_SECONDS = env_float("CARTFLOW_CHECKOUT_START_WAIT_SECONDS", 5.0)
+# CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS: a confirm waits this long for another request's lease on the saga.
+CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS = env_float("CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
+# CARTFLOW_IDEMPOTENCY_TTL_SECONDS: how long an Idempotency-Key's stored response is replayed (24 h).
+CARTFLOW_IDEMPOTENCY_TTL_SECONDS = env_int("CARTFLOW_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+# CARTFLOW_IDEMPOTENCY_LOCK_SECONDS: after this, a key whose first request died is taken over by a retry.
+CARTFLOW_IDEMPOTENCY_LOCK_SECONDS = env_int("CARTFLOW_IDEMPOTENCY_LOCK_SECONDS", 60)
 # Flash-sale fair queue: an admitted ticket must start its checkout within ADMIT seconds, and a waiting
 # ticket that reaches the head without having been polled for POLL seconds loses its place.
 CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = env_float("CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS", 30.0)
