@@ -776,10 +776,16 @@ def _expire_if_open(saga: CheckoutSaga) -> None:
 
 
 def saga_keeps_hold(holder: str) -> bool:
-    """inventory's extend policy: keep an expired hold while its checkout is charging or in 3-D Secure."""
+    """inventory's extend policy: keep an expired hold while its checkout is charging or in 3-D Secure.
+
+    3-D Secure gets one more reservation TTL past the hold's first expiry, no more: a PaymentIntent in
+    ``requires_action`` never expires at Stripe, so a buyer who walks away would otherwise hold the stock
+    for ever (the sweep extending it every round)."""
+    grace_cutoff = timezone.now() - timedelta(seconds=settings.CARTFLOW_RESERVATION_TTL_SECONDS)
+    in_three_d_secure = Q(state=S.REQUIRES_ACTION, expires_at__gt=grace_cutoff)
     return (
         CheckoutSaga.objects.filter(public_id=holder)
-        .filter(Q(state__in=[S.REQUIRES_ACTION, S.PAID]) | Q(step="charge", step_status__in=[ABOUT_TO, INDETERMINATE]))
+        .filter(in_three_d_secure | Q(state=S.PAID) | Q(step="charge", step_status__in=[ABOUT_TO, INDETERMINATE]))
         .exclude(compensate_to__gt="")
         .exists()
     )
