@@ -99,15 +99,21 @@ def test_multi_line_reservations_under_contention_are_all_or_nothing(patient_ret
 
 
 class VersionBumper:
-    """Another writer on its own connection that keeps the stock row changing: it holds an uncommitted
-    version bump for ``hold`` seconds, commits, and immediately starts the next one."""
+    """Other writers that keep the stock row changing: each, on its own connection, holds an uncommitted
+    version bump for ``hold`` seconds, commits, and starts the next one.
 
-    def __init__(self, stock_id: int, hold: float = 0.05) -> None:
+    Two writers take turns so the row is never unlocked: while one holds its bump the other already waits
+    in PostgreSQL's lock queue and gets the row the moment the first commits. With a single writer, a busy
+    machine let the reserver read and update in the gap between its commit and its next bump and win a
+    race the test needs it to lose (9 of 40 runs under CPU load)."""
+
+    def __init__(self, stock_id: int, hold: float = 0.05, writers: int = 2) -> None:
         self.stock_id, self.hold = stock_id, hold
         self.stop = threading.Event()
         self.started = threading.Event()
         self.bumps = 0
-        self.thread = threading.Thread(target=self._run)
+        self._count = threading.Lock()
+        self.threads = [threading.Thread(target=self._run) for _ in range(writers)]
 
     def _run(self) -> None:
         try:
@@ -116,18 +122,22 @@ class VersionBumper:
                     cur.execute("UPDATE inventory_stock SET version = version + 1 WHERE id = %s", [self.stock_id])
                     self.started.set()
                     time.sleep(self.hold)
-                self.bumps += 1
+                with self._count:
+                    self.bumps += 1
         finally:
             connection.close()
 
     def __enter__(self) -> VersionBumper:
-        self.thread.start()
+        self.threads[0].start()
         assert self.started.wait(5)
+        for thread in self.threads[1:]:  # they queue behind the first one's bump
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join(10)
+        for thread in self.threads:
+            thread.join(10)
 
 
 def test_retry_exhaustion_raises_inventory_contention_and_holds_nothing(settings):

@@ -60,7 +60,8 @@ def _finish(saga: CheckoutSaga) -> CheckoutSaga:
 
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("step", START_STEPS)
-def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, step, when):
+def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, settings, step, when):
+    settings.CARTFLOW_CHECKOUT_START_WAIT_SECONDS = 0.3  # the busy retry below waits this long, then answers 409
     product = make_product()
     cart_key = _cart(product)
     saga_mod.crash_points.add(f"{step}:{when}")
