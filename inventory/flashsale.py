@@ -29,11 +29,13 @@ crash or a Redis restart left behind, from the database.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django_redis import get_redis_connection
 
@@ -185,15 +187,20 @@ def _redis():
     return get_redis_connection("default")
 
 
-_scripts: dict[int, dict] = {}
+_scripts: dict[str, Any] = {}
 
 
-def _script(name: str, source: str):  # noqa: ANN202 - redis-py Script
+def _script(name: str, source: str) -> Callable[..., Any]:
+    """The named Lua script, run on the current connection (redis-py re-loads it after NOSCRIPT).
+
+    Always pass the client: a Script runs on the client it was registered with, and the former cache keyed
+    by ``id(client)`` handed a new client, given the id of a freed one, Scripts bound to that dead client
+    (in the suite: the private Redis of a restart test, killed since)."""
     client = _redis()
-    cache = _scripts.setdefault(id(client), {})
-    if name not in cache:
-        cache[name] = client.register_script(source)
-    return cache[name]
+    script = _scripts.get(name)
+    if script is None:
+        script = _scripts[name] = client.register_script(source)
+    return functools.partial(script, client=client)
 
 
 def _text(value: bytes | str) -> str:
