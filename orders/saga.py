@@ -14,7 +14,11 @@
 Rules every step follows:
 
 - Persist "about to" (``step_status = about_to``) before the side effect, "done" after it; each is a
-  version-checked UPDATE (``WHERE version = ?``) plus a SagaStep log row in one short transaction.
+  version-checked UPDATE (``WHERE version = ?``) plus its SagaStep log rows in one short transaction.
+  Where one step's "done" is followed at once by the next step's "about to", both ride in one write
+  (the saga is inserted already "about to reserve"; "reserve done" carries "about to create the order";
+  the order's INSERT carries "about to create the PaymentIntent"; "charge done" carries "about to
+  confirm"), and the last write of a request also releases the lease: fewer transactions, same rule.
 - A process drives a saga only while it holds the saga's lease (``lease_owner``/``lease_expires_at``,
   taken with a version-checked UPDATE and renewed by every save). A lost version check raises
   :class:`~orders.errors.CheckoutInProgress`: two processes never both drive one saga.
@@ -39,7 +43,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from cart.services import CartSnapshot, cart_clear, cart_snapshot
@@ -106,17 +110,22 @@ def _lease() -> timedelta:
     return timedelta(seconds=getattr(settings, "CARTFLOW_SAGA_LEASE_SECONDS", 30))
 
 
+LogRow = tuple[str, str, dict[str, Any] | None]  # (step, outcome, details)
+
+
 def _save(
     saga: CheckoutSaga,
     *,
     log_step: str | None = None,
     outcome: str = "",
     details: dict[str, Any] | None = None,
+    logs: list[LogRow] | None = None,
     also: Callable[[], dict[str, Any] | None] | None = None,
     **fields: Any,
 ) -> None:
     """One short transaction: ``also()`` (extra writes, may return more fields), the version-checked
-    UPDATE of the saga (renewing the lease), and a log row. Raises CheckoutInProgress if the version moved."""
+    UPDATE of the saga (renewing the lease), and its log rows (``logs`` then ``log_step``, one INSERT).
+    Raises CheckoutInProgress if the version moved."""
     now = timezone.now()
     with transaction.atomic():
         extra = also() if also else None
@@ -129,8 +138,11 @@ def _save(
         )
         if not updated:
             raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
+        rows = [SagaStep(saga_id=saga.pk, step=s, outcome=o, details=d or {}) for s, o, d in logs or ()]
         if log_step:
-            SagaStep.objects.create(saga_id=saga.pk, step=log_step, outcome=outcome, details=details or {})
+            rows.append(SagaStep(saga_id=saga.pk, step=log_step, outcome=outcome, details=details or {}))
+        if rows:
+            SagaStep.objects.bulk_create(rows)
     saga.version += 1
     for name, value in fields.items():
         setattr(saga, name, value)
@@ -139,6 +151,17 @@ def _save(
 def _about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
     _save(saga, log_step=step, outcome=ABOUT_TO, step=step, step_status=ABOUT_TO, **fields)
     _crash_point(f"{step}:before")
+
+
+def _announce(saga: CheckoutSaga, step: str) -> None:
+    """Persist "about to <step>" unless the previous step's "done" already persisted it (merged writes)."""
+    if saga.step == step and saga.step_status == ABOUT_TO:
+        _crash_point(f"{step}:before")
+    else:
+        _about_to(saga, step)
+
+
+_UNLEASE = {"lease_owner": "", "lease_expires_at": None}
 
 
 def _done(saga: CheckoutSaga, step: str, *, details: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -150,7 +173,7 @@ def _acquire(saga_id: int, *, owner: str, wait: float = 0.0) -> CheckoutSaga:
     """Take the saga's lease (version-checked); wait up to ``wait`` seconds for a live lease to end."""
     deadline = time.monotonic() + wait
     while True:
-        saga = CheckoutSaga.objects.get(pk=saga_id)
+        saga = CheckoutSaga.objects.select_related("order").get(pk=saga_id)
         now = timezone.now()
         held = saga.lease_owner and saga.lease_owner != owner and saga.lease_expires_at and saga.lease_expires_at > now
         if not held:
@@ -169,6 +192,8 @@ def _acquire(saga_id: int, *, owner: str, wait: float = 0.0) -> CheckoutSaga:
 
 
 def _release_lease(saga: CheckoutSaga) -> None:
+    if not saga.lease_owner:
+        return  # the request's last write released it already
     with contextlib.suppress(CheckoutInProgress):  # someone took over a lapsed lease: theirs now
         _save(saga, lease_owner="", lease_expires_at=None)
 
@@ -262,38 +287,41 @@ def _start(
     cart_key = snapshot.key
     deadline = time.monotonic() + getattr(settings, "CARTFLOW_CHECKOUT_START_WAIT_SECONDS", 5.0)
     owner = uuid.uuid4().hex
+    priced: tuple[list[dict[str, Any]], str] | None = None
     while True:
-        active = CheckoutSaga.objects.filter(cart_key=cart_key, state__in=CheckoutSaga.ACTIVE).first()
+        # Insert first (the common case), look for the active checkout only when the index says there is one.
+        active = None
+        if snapshot.lines:
+            try:
+                priced = priced or _priced_lines(snapshot.lines)
+            except ProductUnavailable:
+                active = _active_for_cart(cart_key)
+                if active is None:
+                    raise
+        if active is None and priced is not None:
+            saga = _insert_saga(
+                checkout_id=checkout_id,
+                snapshot=snapshot,
+                priced=priced,
+                token_hash=token_hash,
+                user_id=user_id,
+                email=email,
+                owner=owner,
+            )
+            if saga is not None:
+                try:
+                    _run_start(saga, release_lease=True)
+                except Exception:
+                    _release_lease(saga)
+                    raise
+                _release_lease(saga)  # no-op unless a step was skipped
+                return saga, True
         if active is None:
-            if not snapshot.lines:
-                raise CartEmpty("There is nothing in the cart to check out.")
-            priced, currency = _priced_lines(snapshot.lines)
-            try:
-                with transaction.atomic():
-                    saga = CheckoutSaga.objects.create(
-                        public_id=checkout_id,
-                        cart_key=cart_key,
-                        cart_version=snapshot.version,
-                        cart_token_hash=token_hash or "",
-                        user_id=user_id,
-                        email=email or "",
-                        lines=priced,
-                        currency=currency,
-                        lease_owner=owner,
-                        lease_expires_at=timezone.now() + _lease(),
-                    )
-                    SagaStep.objects.create(
-                        saga=saga, step="start", outcome=DONE, details={"cartVersion": snapshot.version}
-                    )
-            except IntegrityError:
-                continue  # a concurrent start won the index: return theirs
-            try:
-                _run_start(saga)
-            except Exception:
-                _release_lease(saga)
-                raise
-            _release_lease(saga)
-            return saga, True
+            active = _active_for_cart(cart_key)
+            if active is None:
+                if not snapshot.lines:
+                    raise CartEmpty("There is nothing in the cart to check out.")
+                continue  # the checkout that held the index ended meanwhile: insert again
         if active.state != S.RESERVED and not active.compensate_to:
             flash_tokens_return(holder=checkout_id)  # the cart's checkout is another one: not ours to hold
             return active, False
@@ -304,14 +332,59 @@ def _start(
         time.sleep(0.05)
 
 
-def _run_start(saga: CheckoutSaga) -> None:
-    """Drive the start steps from wherever the saga is (also used by recovery)."""
+def _active_for_cart(cart_key: str) -> CheckoutSaga | None:
+    return CheckoutSaga.objects.filter(cart_key=cart_key, state__in=CheckoutSaga.ACTIVE).first()
+
+
+def _insert_saga(
+    *,
+    checkout_id: str,
+    snapshot: CartSnapshot,
+    priced: tuple[list[dict[str, Any]], str],
+    token_hash: str | None,
+    user_id: int | None,
+    email: str | None,
+    owner: str,
+) -> CheckoutSaga | None:
+    """The saga row, born holding its lease and "about to reserve"; None when the cart has an active one."""
+    lines, currency = priced
+    try:
+        with transaction.atomic():
+            saga = CheckoutSaga.objects.create(
+                public_id=checkout_id,
+                cart_key=snapshot.key,
+                cart_version=snapshot.version,
+                cart_token_hash=token_hash or "",
+                user_id=user_id,
+                email=email or "",
+                lines=lines,
+                currency=currency,
+                step="reserve",
+                step_status=ABOUT_TO,
+                lease_owner=owner,
+                lease_expires_at=timezone.now() + _lease(),
+            )
+            SagaStep.objects.bulk_create(
+                [
+                    SagaStep(saga=saga, step="start", outcome=DONE, details={"cartVersion": snapshot.version}),
+                    SagaStep(saga=saga, step="reserve", outcome=ABOUT_TO),
+                ]
+            )
+    except IntegrityError:
+        return None  # a concurrent (or earlier) start holds the cart's index
+    return saga
+
+
+def _run_start(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
+    """Drive the start steps from wherever the saga is (also used by recovery).
+
+    ``release_lease``: the last write gives the lease up (the caller does nothing after the start)."""
     if saga.order_id is None and saga.step == "reserve" and saga.step_status != DONE:
         _step_reserve(saga)
     if saga.order_id is None:
         _step_create_order(saga)
     if not saga.payment_intent_id:
-        _step_create_payment_intent(saga)
+        _step_create_payment_intent(saga, release_lease=release_lease)
 
 
 def _reserve_lines(saga: CheckoutSaga) -> list[ReserveLine]:
@@ -319,13 +392,21 @@ def _reserve_lines(saga: CheckoutSaga) -> list[ReserveLine]:
 
 
 def _step_reserve(saga: CheckoutSaga) -> None:
-    _about_to(saga, "reserve")
+    _announce(saga, "reserve")
     try:
         held = reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
     except (InsufficientStock, InventoryContention) as exc:
         _fail_and_compensate(saga, "reserve", exc, to=S.FAILED)
         raise
-    _done(saga, "reserve", expires_at=min(r.expires_at for r in held), details={"units": sum(r.quantity for r in held)})
+    _crash_point("reserve:after")
+    # "reserve done" and "about to create the order" in one write: the order comes next, in this process.
+    _save(
+        saga,
+        logs=[("reserve", DONE, {"units": sum(r.quantity for r in held)}), ("create_order", ABOUT_TO, None)],
+        step="create_order",
+        step_status=ABOUT_TO,
+        expires_at=min(r.expires_at for r in held),
+    )
 
 
 def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
@@ -336,7 +417,7 @@ def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
 
 
 def _step_create_order(saga: CheckoutSaga) -> None:
-    _about_to(saga, "create_order")
+    _announce(saga, "create_order")
     _crash_point("create_order:after")  # the order and "done" commit together: a crash here left no order
 
     def create() -> dict[str, Any]:
@@ -364,7 +445,14 @@ def _step_create_order(saga: CheckoutSaga) -> None:
         )
         return {"order": order}
 
-    _save(saga, log_step="create_order", outcome=DONE, step="create_order", step_status=DONE, also=create)
+    # The order, "create_order done" and "about to create the PaymentIntent" commit together.
+    _save(
+        saga,
+        logs=[("create_order", DONE, None), ("create_payment_intent", ABOUT_TO, None)],
+        step="create_payment_intent",
+        step_status=ABOUT_TO,
+        also=create,
+    )
 
 
 def _compensate_cancel_order(saga: CheckoutSaga) -> None:
@@ -379,9 +467,9 @@ def _compensate_cancel_order(saga: CheckoutSaga) -> None:
     _done(saga, "cancel_order", also=cancel)
 
 
-def _step_create_payment_intent(saga: CheckoutSaga) -> None:
+def _step_create_payment_intent(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
     order = saga.order
-    _about_to(saga, "create_payment_intent")
+    _announce(saga, "create_payment_intent")
     try:
         # Keyed by the order: a retry after a crash or timeout gets the same PaymentIntent back.
         intent = payment_intent_create(
@@ -399,6 +487,7 @@ def _step_create_payment_intent(saga: CheckoutSaga) -> None:
         Order.objects.filter(pk=order.pk).update(
             payment_intent_id=intent.intent_id, payment_status=intent.status, updated_at=timezone.now()
         )
+        order.payment_intent_id, order.payment_status = intent.intent_id, intent.status
 
     _done(
         saga,
@@ -408,6 +497,7 @@ def _step_create_payment_intent(saga: CheckoutSaga) -> None:
         payment_intent_id=intent.intent_id,
         client_secret=intent.client_secret or "",
         state=S.AWAITING_PAYMENT,
+        **(_UNLEASE if release_lease else {}),
     )
 
 
@@ -462,7 +552,7 @@ def checkout_confirm(*, saga_id: int, payment_method: str) -> CheckoutSaga:
             raise ReservationExpired(checkoutId=saga.public_id)
         _step_charge(saga, payment_method=payment_method)
         if saga.state == S.PAID:
-            _step_confirm(saga)
+            _step_confirm(saga, release_lease=True)
         return saga
 
 
@@ -521,14 +611,14 @@ def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bo
     """Move the saga forward to what the PaymentIntent says (never backwards)."""
     order_sync = _order_payment(saga.order_id, intent)
     if intent.succeeded:
-        _done(
-            saga,
-            "charge",
-            details={"status": intent.status},
-            state=S.PAID,
-            next_action=None,
-            also=_order_paid(saga, intent),
-        )
+        _crash_point("charge:after")
+        logs: list[LogRow] = [("charge", DONE, {"status": intent.status})]
+        fields: dict[str, Any] = {"step": "charge", "step_status": DONE}
+        if not saga.compensate_to:
+            # Every caller confirms a paid saga next: "about to confirm" rides on "charge done".
+            logs.append(("confirm", ABOUT_TO, None))
+            fields = {"step": "confirm", "step_status": ABOUT_TO}
+        _save(saga, logs=logs, state=S.PAID, next_action=None, also=_order_paid(saga, intent), **fields)
     elif intent.requires_action:
         _done(
             saga,
@@ -582,16 +672,21 @@ def _order_payment(order_pk: int | None, intent: IntentResult) -> Callable[[], N
 
 def _order_paid(saga: CheckoutSaga, intent: IntentResult) -> Callable[[], None]:
     def paid() -> None:
-        Order.objects.filter(pk=saga.order_id, status=Order.Status.AWAITING_PAYMENT).update(
-            status=Order.Status.PAID, updated_at=timezone.now()
+        # One UPDATE: awaiting_payment → paid (never backwards), and the payment status unless refunded.
+        Order.objects.filter(pk=saga.order_id).update(
+            status=Case(When(status=Order.Status.AWAITING_PAYMENT, then=Value(Order.Status.PAID)), default=F("status")),
+            payment_status=Case(
+                When(payment_status=Order.PaymentStatus.REFUNDED, then=F("payment_status")),
+                default=Value(intent.status),
+            ),
+            updated_at=timezone.now(),
         )
-        _order_payment(saga.order_id, intent)()
 
     return paid
 
 
-def _step_confirm(saga: CheckoutSaga) -> None:
-    _about_to(saga, "confirm")
+def _step_confirm(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
+    _announce(saga, "confirm")
     try:
         reservation_commit(holder=saga.public_id)  # already committed → no-op
     except ReservationStateError:
@@ -611,7 +706,7 @@ def _step_confirm(saga: CheckoutSaga) -> None:
         )
         transaction.on_commit(lambda: _enqueue_outbox(event.pk))
 
-    _done(saga, "confirm", state=S.CONFIRMED, also=confirm)
+    _done(saga, "confirm", state=S.CONFIRMED, also=confirm, **(_UNLEASE if release_lease else {}))
     flash_tokens_consume(holder=saga.public_id)  # sold: the sweeper consumes them if we crash before this
     log.info("checkout_confirmed", checkout_id=saga.public_id, order_id=saga.order.public_id)
 

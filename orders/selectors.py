@@ -97,7 +97,10 @@ def checkout_view(*, saga: CheckoutSaga, steps: bool = False) -> dict[str, Any]:
             }
             for line in saga.lines
         ],
-        "reservation_expires_at": reservation_expires_at(saga=saga) if not saga.is_terminal else saga.expires_at,
+        # A confirmed hold is committed (no HELD row left to read): the saga's expiry is the answer.
+        "reservation_expires_at": saga.expires_at
+        if saga.is_terminal or saga.state == CheckoutSaga.State.CONFIRMED
+        else reservation_expires_at(saga=saga),
         "payment_client_secret": saga.client_secret or None,
         "next_action": saga.next_action,
         "payment_status": order.payment_status if order else "none",

@@ -21,10 +21,14 @@ BUDGETS = {
     "product_detail": 1,
     "cart_add": 1,
     "cart_get": 0,
-    # Statements, BEGIN/COMMIT included: 8 short transactions (saga insert, about-to/done per step, the
-    # PaymentIntent record, the lease release) around one reserve statement and one Stripe call.
-    "checkout_start": 49,  # 48 + the fresh order read for paymentStatus (6ebe181)
-    "checkout_confirm": 41,  # 40 + the same fresh order read
+    # Statements, BEGIN/COMMIT included. Start: 5 short transactions (saga born "about to reserve";
+    # "reserve done" + "about to create the order"; the order + "about to create the PaymentIntent";
+    # payments' PaymentIntent record; "done" + lease release) around one reserve statement and one
+    # Stripe call, then the response's fresh order + hold reads. Was 49 before the merged writes.
+    "checkout_start": 33,
+    # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
+    # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41.
+    "checkout_confirm": 31,
     "checkout_start_sold_out": 0,
 }
 
