@@ -27,6 +27,7 @@ from django_redis import get_redis_connection
 from django_redis.exceptions import ConnectionInterrupted
 
 from cart.errors import CartUnavailable
+from cartflow.exceptions import redis_connection_lost
 
 META_FIELDS = (b"version", b"currency")
 
@@ -168,6 +169,10 @@ def unavailable_on_redis_error() -> Iterator[None]:
     try:
         yield
     except REDIS_ERRORS as exc:
+        raise CartUnavailable("The cart store is unreachable; retry in a moment.", retry_after=1) from exc
+    except IndexError as exc:  # redis-py's "pop from empty list" on a connection lost mid-restart
+        if not redis_connection_lost(exc):
+            raise
         raise CartUnavailable("The cart store is unreachable; retry in a moment.", retry_after=1) from exc
 
 

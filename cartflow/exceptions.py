@@ -143,9 +143,27 @@ def _backing_service_down(exc: Exception) -> bool:
     from django.db import InterfaceError, OperationalError
     from django_redis.exceptions import ConnectionInterrupted
 
-    return isinstance(
+    return redis_connection_lost(exc) or isinstance(
         exc, OperationalError | InterfaceError | redis.ConnectionError | redis.TimeoutError | ConnectionInterrupted
     )
+
+
+def redis_connection_lost(exc: BaseException) -> bool:
+    """redis-py's own failures of a vanished connection that it does not wrap in ConnectionError: an
+    ``IndexError: pop from empty list`` raised inside redis-py (``can_read`` on a pooled connection read
+    after the server restarted; found by the fault campaign). Judged by where it was raised, so an
+    IndexError in our own code stays a 500 bug."""
+    import redis
+
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return True
+    if not isinstance(exc, IndexError) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module == "redis" or module.startswith("redis.")
 
 
 def api_404(request: HttpRequest, exception: Exception | None = None):

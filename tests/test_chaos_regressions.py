@@ -34,3 +34,46 @@ def test_unknown_api_path_with_a_cookie_and_an_unsafe_method_is_a_404_problem():
     response = client.delete("/api/cart/items/null,null")
     assert response.status_code == 404, response.content
     assert response["Content-Type"] == "application/problem+json" and response.json()["code"] == "not_found"
+
+
+def _raised_inside_redis_py(exc: BaseException) -> BaseException:
+    """Raise ``exc`` from a frame whose module is redis-py's, as redis-py's ``can_read`` did."""
+    code = compile("def can_read(exc):\n    raise exc\n", "redis/connection.py", "exec")
+    scope: dict = {"__name__": "redis.connection"}
+    exec(code, scope)  # noqa: S102 - a frame that belongs to "redis.connection"
+    try:
+        scope["can_read"](exc)
+    except BaseException as raised:  # noqa: BLE001
+        return raised
+    raise AssertionError("not raised")
+
+
+def test_redis_py_index_error_on_a_lost_connection_is_a_503_not_a_500(rf):
+    """Chaos run: redis-py raised ``IndexError: pop from empty list`` inside ``can_read`` while Redis
+    restarted and the request answered 500. Raised inside redis-py it means "connection lost": 503."""
+    from cartflow.exceptions import problem_exception_handler, redis_connection_lost
+
+    lost = _raised_inside_redis_py(IndexError("pop from empty list"))
+    assert redis_connection_lost(lost)
+    response = problem_exception_handler(lost, {"request": rf.post("/api/checkout/start")})
+    assert response.status_code == 503 and response.data["code"] == "service_unavailable"
+    assert response["Retry-After"]
+
+    try:  # the same error from our own code is a bug: still a 500
+        [].pop()
+    except IndexError as ours:
+        assert not redis_connection_lost(ours)
+        response = problem_exception_handler(ours, {"request": rf.post("/api/checkout/start")})
+        assert response.status_code == 500 and response.data["code"] == "internal_error"
+
+
+def test_redis_py_index_error_in_a_cart_call_is_cart_unavailable():
+    """The cart's own mapping (cart/store.py) answers the same failure as 503 ``cart_unavailable``."""
+    from cart.errors import CartUnavailable
+    from cart.store import unavailable_on_redis_error
+
+    with pytest.raises(CartUnavailable) as caught, unavailable_on_redis_error():
+        raise _raised_inside_redis_py(IndexError("pop from empty list"))
+    assert caught.value.code == "cart_unavailable" and caught.value.retry_after == 1
+    with pytest.raises(IndexError), unavailable_on_redis_error():
+        [].pop()
