@@ -116,7 +116,8 @@ def main(argv: list[str]) -> int:
     }  # fmt: skip
 
     server = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
-    db_url = st.recreate_database(server, "cartflow_bench")
+    db_name = os.environ.get("BENCH_DB", "cartflow_bench")  # a private name when others bench beside you
+    db_url = st.recreate_database(server, db_name)
     stack = st.new_stack(db_url=db_url, log_level=args.log_level)
     rows: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
@@ -255,7 +256,7 @@ def main(argv: list[str]) -> int:
             from django.db import connections
 
             connections.close_all()
-            st.drop_database(server, "cartflow_bench")
+            st.drop_database(server, db_name)
 
     order_tx = ceilings.get("pg order-tx", {}).get("rate")
     for row in rows:
