@@ -23,12 +23,14 @@ BUDGETS = {
     "cart_get": 0,
     # Statements, BEGIN/COMMIT included. Start: 5 short transactions (saga born "about to reserve";
     # "reserve done" + "about to create the order"; the order + "about to create the PaymentIntent";
-    # payments' PaymentIntent record; "done" + lease release) around one reserve statement and one
-    # Stripe call, then the response's fresh order + hold reads. Was 49 before the merged writes.
-    "checkout_start": 33,
+    # payments' PaymentIntent record (one statement); "done" + lease release) around one reserve statement and one
+    # Stripe call, then the response's fresh order + hold reads. Was 49 before the merged writes, 33
+    # before payments' record became one upsert+attempt statement (round 3).
+    "checkout_start": 25,
     # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
-    # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41.
-    "checkout_confirm": 31,
+    # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
+    # then 31 before payments' record became one statement (round 3).
+    "checkout_confirm": 26,
     "checkout_start_sold_out": 0,
 }
 
