@@ -4,7 +4,7 @@ Concurrency without locks held across round trips: every stock change is a condi
 names the version it read (``WHERE id = ? AND version = ? AND on_hand - reserved >= q``). A writer that
 lost the race re-reads and retries with exponential backoff and full jitter, bounded by
 ``CARTFLOW_RESERVE_MAX_ATTEMPTS`` and ``CARTFLOW_RESERVE_MAX_SECONDS``, then gives up with
-:class:`InventoryContention` (a clear "busy", never a hang). No ``select_for_update``, no table or
+:class:`InventoryContention` (a clear "busy", never a hang). No row locks (SELECT … FOR UPDATE), no table or
 advisory locks.
 
 Each transaction is short and touches rows in one order — the stock row, then the reservation row, and
