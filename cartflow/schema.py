@@ -7,6 +7,7 @@ Use :func:`problem_responses` in ``@extend_schema(responses={...})``::
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Any
 
@@ -79,3 +80,25 @@ def problem_responses(*codes: str, body: bool = False) -> dict[Any, OpenApiRespo
         ]
         out[(status, PROBLEM_MEDIA)] = OpenApiResponse(ProblemSerializer, description=description, examples=examples)
     return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def camelize_path_parameters(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: path parameters in camelCase, as API.md writes them.
+
+    The URL patterns keep Python names (``product_id``); only the published names change
+    (``/api/cart/items/{productId}``), which does not change any URL a client sends.
+    """
+    paths = {}
+    for path, operations in result.get("paths", {}).items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if parameter.get("in") == "path":
+                    parameter["name"] = _camel(parameter["name"])
+        paths[re.sub(r"\{(\w+)\}", lambda m: "{" + _camel(m.group(1)) + "}", path)] = operations
+    result["paths"] = paths
+    return result

@@ -221,6 +221,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api",
     "ENUM_NAME_OVERRIDES": {},
+    # Path parameters published in camelCase ({productId}) as API.md writes them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "cartflow.schema.camelize_path_parameters",
+    ],
 }
 
 # --- CartFlow domain settings (names in API.md) ---

@@ -68,9 +68,36 @@ def test_openapi_schema_builds_and_validates_without_warnings(tmp_path):
     call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", "--file", str(out))
     schema = json.loads(out.read_text())
     assert schema["info"]["title"] == "CartFlow API"
-    products = schema["paths"]["/api/products/{product_id}"]["get"]["responses"]
+    products = schema["paths"]["/api/products/{productId}"]["get"]["responses"]
     assert "application/problem+json" in products["404"]["content"]
     assert "Problem" in schema["components"]["schemas"]
+
+
+API_MD_OPERATIONS = [
+    ("get", "/api/products"),
+    ("get", "/api/products/{productId}"),
+    ("get", "/api/cart"),
+    ("delete", "/api/cart"),
+    ("post", "/api/cart/items"),
+    ("put", "/api/cart/items/{productId}"),
+    ("delete", "/api/cart/items/{productId}"),
+    ("post", "/api/cart/merge"),
+    ("post", "/api/auth/token"),
+    ("post", "/api/checkout/start"),
+    ("post", "/api/checkout/confirm"),
+    ("get", "/api/checkout/{checkoutId}"),
+    ("post", "/api/checkout/{checkoutId}/cancel"),
+    ("get", "/api/orders/{orderId}"),
+    ("post", "/api/webhooks/stripe"),
+]
+
+
+def test_the_schema_publishes_every_operation_of_the_api_contract_with_its_path_names(client):
+    """API.md's operations, path parameters spelled as API.md spells them (camelCase)."""
+    paths = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content)["paths"]
+    missing = [(m, p) for m, p in API_MD_OPERATIONS if m not in paths.get(p, {})]
+    assert missing == []
+    assert not [p for p in paths if "_id}" in p]
 
 
 def test_schema_endpoint_serves_the_document(client):
