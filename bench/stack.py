@@ -135,11 +135,14 @@ class Stack:
 
     # --- the Stripe emulator ---
     def start_emulator(self, port: int) -> Proc:
+        from payments.webhooks import HANDLED_EVENT_TYPES  # after django_setup: deliver only what CartFlow handles
+
         proc = self.spawn(
             "stripe",
             [
                 str(BIN / "python"), "-m", "payments.emulator", "--host", "127.0.0.1", "--port", str(port),
                 "--webhook-url", f"{self.web_url}/api/webhooks/stripe", "--webhook-secret", WEBHOOK_SECRET,
+                "--enabled-events", ",".join(HANDLED_EVENT_TYPES),
             ],
         )  # fmt: skip
         wait_until(

@@ -130,6 +130,10 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "charge.refunded": _sync_and_notify,
     "charge.dispute.created": lambda event: _sync_and_notify(event, dispute=True),
 }
+# The event types CartFlow acts on, defined by the table above: `make run`, the bench stack and the e2e
+# fixtures tell the emulator (``--enabled-events``) to deliver only these, like the enabled_events of a real
+# Stripe webhook endpoint; `manage.py stripe_webhook_events` prints them for scripts.
+HANDLED_EVENT_TYPES: tuple[str, ...] = tuple(HANDLERS)
 RETRYABLE = (PaymentTransientError, NotKnownYet)
 
 

@@ -22,6 +22,7 @@ from django.core.management import call_command
 from inventory.models import Product, Stock
 from orders.models import CheckoutSaga, Order, Outbox
 from payments.models import WebhookEvent
+from payments.webhooks import HANDLED_EVENT_TYPES
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -64,7 +65,7 @@ class Shop:
 @pytest.fixture
 def e2e(celery_worker_process, stripe_emulator, live_server, settings) -> Iterator[Any]:
     """The emulator posts its webhooks to the live server; the worker processes them and the outbox."""
-    stripe_emulator.set_webhook_url(f"{live_server.url}/api/webhooks/stripe")
+    stripe_emulator.set_webhook_url(f"{live_server.url}/api/webhooks/stripe", events=HANDLED_EVENT_TYPES)
     yield stripe_emulator
     stripe_emulator.clear_faults()
     stripe_emulator.webhooks("resume")

@@ -1,4 +1,5 @@
-"""``python -m payments.emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]``."""
+"""``python -m payments.emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]
+[--enabled-events TYPE,TYPE|*]``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhook-secret", default=secret)
     parser.add_argument("--webhook-max-attempts", type=int, default=5)
     parser.add_argument("--webhook-retry-base-ms", type=int, default=500)
+    parser.add_argument(
+        "--enabled-events",
+        default=os.environ.get("STRIPE_WEBHOOK_EVENTS", "*"),
+        help='event types to deliver, comma-separated, or "*" for all (env STRIPE_WEBHOOK_EVENTS; default "*"); '
+        "every event is still listed by /v1/events",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -36,12 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         webhook_secret=args.webhook_secret,
         webhook_max_attempts=args.webhook_max_attempts,
         webhook_retry_base=args.webhook_retry_base_ms / 1000,
+        enabled_events=args.enabled_events,
         verbose=args.verbose,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.bind()
     logging.getLogger("payments.emulator").info(
-        "Stripe emulator on %s, webhooks to %s", server.url, args.webhook_url or "(none)"
+        "Stripe emulator on %s, webhooks to %s (events: %s)",
+        server.url,
+        args.webhook_url or "(none)",
+        args.enabled_events,
     )
     assert server._httpd is not None
     try:

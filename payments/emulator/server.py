@@ -24,7 +24,7 @@ from .faults import BEFORE_OPERATION, FaultSpecError, FaultTable
 from .forms import parse_form
 from .idempotency import StoredResponse
 from .state import API_VERSION, EmulatorState, RequestInfo, new_id
-from .webhooks import WebhookDispatcher
+from .webhooks import WebhookDispatcher, parse_enabled_events
 
 log = logging.getLogger("payments.emulator")
 
@@ -251,6 +251,7 @@ class EmulatorServer:
         webhook_max_attempts: int = 5,
         webhook_retry_base: float = 0.5,
         webhook_timeout: float = 5.0,
+        enabled_events: str | list[str] | tuple[str, ...] | None = None,
         verbose: bool = False,
     ) -> None:
         self.host = host
@@ -262,8 +263,11 @@ class EmulatorServer:
             max_attempts=webhook_max_attempts,
             retry_base=webhook_retry_base,
             timeout=webhook_timeout,
+            enabled_events=parse_enabled_events(enabled_events),
         )
-        self._webhook_defaults = (webhook_secret, webhook_max_attempts, webhook_retry_base)
+        self._webhook_defaults = (
+            webhook_secret, webhook_max_attempts, webhook_retry_base, self.webhooks.enabled_events,
+        )  # fmt: skip
         self.state = EmulatorState(on_event=self.webhooks.submit)
         self.webhooks._now = self.state.now
         self.faults = FaultTable(self.state.lock)
@@ -317,11 +321,16 @@ class EmulatorServer:
         """
         self.faults.clear()
         self.webhooks.reset()
-        self.webhooks.secret, self.webhooks.max_attempts, self.webhooks.retry_base = self._webhook_defaults
+        hooks = self.webhooks
+        hooks.secret, hooks.max_attempts, hooks.retry_base, hooks.enabled_events = self._webhook_defaults
         self.state.reset()
 
     def set_webhook_url(self, url: str | None) -> None:
         self.webhooks.url = url
+
+    def set_enabled_events(self, events: str | list[str] | tuple[str, ...] | None) -> None:
+        """Deliver only these event types (``"*"``/``None`` = all); ``reset`` restores the constructor's."""
+        self.webhooks.enabled_events = parse_enabled_events(events)
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -409,6 +418,8 @@ class EmulatorServer:
                 hooks.max_attempts = max(1, int(data["max_attempts"]))
             if "retry_base_ms" in data:
                 hooks.retry_base = max(0, int(data["retry_base_ms"])) / 1000
+            if "enabled_events" in data:
+                hooks.enabled_events = parse_enabled_events(data["enabled_events"])
         else:
             return 400, {"error": "action must be redeliver, duplicate, delay, reorder, pause, resume or configure"}
         status = hooks.status()

@@ -5,6 +5,11 @@ keyed by the endpoint secret, exactly what ``stripe.Webhook.construct_event`` ve
 or a connection error is retried after ``retry_base * 2**(attempt-1)`` seconds, up to ``max_attempts``.
 Controls: pause/resume (in order, reversed or shuffled), duplicate, delay or reorder the next events, and
 redeliver any stored event.
+
+Like a real Stripe webhook endpoint, the dispatcher has ``enabled_events``: only events of those types are
+delivered (``None`` or ``"*"`` = every type). Every event is still recorded and listed by ``/v1/events``;
+only delivery is filtered. CartFlow's own runs enable exactly the types it handles, which spares its web
+server an intake INSERT and a Celery task per ignored event.
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ def sign(payload: str, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+def parse_enabled_events(value: str | list[str] | tuple[str, ...] | None) -> frozenset[str] | None:
+    """``"*"``, ``None`` or an empty value → ``None`` (every type); else the set of types (comma list or list)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    types = frozenset(str(item).strip() for item in items if str(item).strip())
+    if not types or "*" in types:
+        return None
+    return types
+
+
 @dataclass(order=True)
 class _Delivery:
     due: float
@@ -53,8 +69,10 @@ class WebhookDispatcher:
         max_attempts: int = 5,
         retry_base: float = 0.5,
         timeout: float = 5.0,
+        enabled_events: frozenset[str] | None = None,
     ) -> None:
         self.url = url
+        self.enabled_events = enabled_events
         self.secret = secret
         self.max_attempts = max_attempts
         self.retry_base = retry_base
@@ -96,7 +114,13 @@ class WebhookDispatcher:
 
     # -- intake -----------------------------------------------------------------------------------------------
     def submit(self, event: dict[str, Any]) -> None:
-        """Queue a new event, applying the pause / duplicate / delay / reorder controls in force."""
+        """Queue a new event, applying the pause / duplicate / delay / reorder controls in force.
+
+        An event whose type is not in ``enabled_events`` is not delivered (it stays listable in /v1/events).
+        """
+        enabled = self.enabled_events
+        if enabled is not None and event.get("type") not in enabled:
+            return
         payload = json.dumps(event, indent=2)
         with self._cond:
             copies, delay = 1, 0.0
@@ -172,6 +196,7 @@ class WebhookDispatcher:
                 "in_flight": self._in_flight,
                 "max_attempts": self.max_attempts,
                 "retry_base_ms": int(self.retry_base * 1000),
+                "enabled_events": sorted(self.enabled_events) if self.enabled_events is not None else ["*"],
                 "deliveries": list(self.log),
             }
 
