@@ -157,7 +157,7 @@ _TYPES = [
         "checkout_not_confirmable",
         409,
         "Checkout not confirmable",
-        "The checkout is not in a state that can be confirmed; `checkoutStatus` says which (`status` is the HTTP status).",
+        "The checkout is not in a state that can be confirmed; `checkoutStatus` says which.",
         ("checkoutId", "checkoutStatus"),
     ),
     ProblemType(
