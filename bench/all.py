@@ -58,7 +58,10 @@ def _row(name: str, result: Result | None = None, **kw: Any) -> dict[str, Any]:
 def _db_transactions(db_url: str) -> int:
     import psycopg
 
-    time.sleep(1.2)  # backends report their counters to the stats system about once a second
+    # An idle backend reports its pending counters only after PostgreSQL's idle-stats interval (10 s; measured
+    # here: 50 commits on an idle connection showed up after 6-11 s), so wait that out or the previous
+    # workload's commits land in this one's count.
+    time.sleep(11)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         name = db_url.rsplit("/", 1)[1]
