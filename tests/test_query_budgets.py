@@ -1,6 +1,6 @@
 """SQL statements per endpoint, with budgets: a change that adds a query to a hot path fails here.
 
-The budgets are the counts measured when they were set (docs/performance.md lists them); the
+The budgets are the counts measured when they were set (README.md, "Performance", lists them); the
 flash-sale ``sold_out`` answer and the cart read must not touch the database at all.
 """
 
