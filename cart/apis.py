@@ -30,7 +30,7 @@ from cart.identity import (
     token_new,
 )
 from cart.selectors import CartView, cart_view_empty, cart_view_get
-from cart.throttles import CartWriteThrottle
+from cart.throttles import CartWriteThrottle, SignInThrottle
 from cartflow.problems import DomainError
 from cartflow.schema import problem_responses
 
@@ -315,6 +315,7 @@ class AuthTokenApi(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
+    throttle_classes = [SignInThrottle]
 
     @extend_schema(
         operation_id="auth_token_create",

@@ -30,3 +30,12 @@ class CartWriteThrottle(SimpleRateThrottle):
     def allow_request(self, request: Any, view: Any) -> bool:
         with unavailable_on_redis_error():
             return super().allow_request(request, view)
+
+
+class SignInThrottle(CartWriteThrottle):
+    """Scope ``sign_in`` (``CARTFLOW_SIGN_IN_RATE``): password attempts per client address, against guessing."""
+
+    scope = "sign_in"
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -206,6 +206,8 @@ REST_FRAMEWORK = {
         # CARTFLOW_CART_WRITE_RATE: cart writes per client (DRF throttle syntax).
         "cart_write": os.environ.get("CARTFLOW_CART_WRITE_RATE", "600/min"),
         "checkout": os.environ.get("CARTFLOW_CHECKOUT_RATE", "120/min"),
+        # CARTFLOW_SIGN_IN_RATE: POST /api/auth/token attempts per client address (password guessing).
+        "sign_in": os.environ.get("CARTFLOW_SIGN_IN_RATE", "20/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -28,3 +28,24 @@ def test_writes_beyond_the_rate_get_429_and_change_nothing(product, settings):
         assert guest.get("/api/cart").status_code == 200
     after = guest.get("/api/cart").json()
     assert after["items"] == before["items"] and after["version"] == before["version"] == 3
+
+
+@pytest.mark.django_db
+def test_sign_in_attempts_beyond_the_rate_get_429_with_retry_after(settings, django_user_model):
+    """Password guessing is slowed per client address: the attempt after the limit is refused unread."""
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "sign_in": "3/min"},
+    }
+    django_user_model.objects.create_user(username="ann", password="right-horse-battery")
+    client = APIClient()
+    codes = [
+        client.post("/api/auth/token", {"username": "ann", "password": "wrong"}, format="json").status_code
+        for _ in range(3)
+    ]
+    assert codes == [401, 401, 401]
+    refused = client.post("/api/auth/token", {"username": "ann", "password": "right-horse-battery"}, format="json")
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert int(refused["Retry-After"]) >= 1
+    assert "token" not in refused.json()
