@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
-
 from cart.store import unavailable_on_redis_error
+from cartflow.throttling import RedisFixedWindowThrottle
 
 
-class CartWriteThrottle(SimpleRateThrottle):
+class CartWriteThrottle(RedisFixedWindowThrottle):
     """Scope ``cart_write`` (``CARTFLOW_CART_WRITE_RATE``): per signed-in user, else per client address.
 
     The rate is read when the throttle is built, not at import, so settings overrides apply. A Redis
@@ -18,14 +16,6 @@ class CartWriteThrottle(SimpleRateThrottle):
     """
 
     scope = "cart_write"
-
-    def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
-
-    def get_cache_key(self, request: Any, view: Any) -> str:
-        user = getattr(request, "user", None)
-        ident = f"user:{user.pk}" if user is not None and user.is_authenticated else self.get_ident(request)
-        return self.cache_format % {"scope": self.scope, "ident": ident}
 
     def allow_request(self, request: Any, view: Any) -> bool:
         with unavailable_on_redis_error():
@@ -38,4 +28,4 @@ class SignInThrottle(CartWriteThrottle):
     scope = "sign_in"
 
     def get_cache_key(self, request: Any, view: Any) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+        return f"throttle:{self.scope}:{self.get_ident(request)}"

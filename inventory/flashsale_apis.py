@@ -10,10 +10,10 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from cartflow.schema import problem_responses
+from cartflow.throttling import ScopedRedisThrottle
 from inventory.flashsale_queue import QueueTicket, flash_queue_join, flash_queue_status, flash_sale_product_id
 
 
@@ -47,7 +47,7 @@ def _render(request: Request, sku: str, ticket: QueueTicket, *, status: int) -> 
 
 
 class FlashQueueJoinApi(APIView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ScopedRedisThrottle]
     throttle_scope = "checkout"
 
     @extend_schema(

@@ -8,12 +8,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from cart.identity import cart_ref_from_request
 from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
+from cartflow.throttling import ScopedRedisThrottle
 from orders import saga as saga_services
 from orders.errors import CartEmpty
 from orders.selectors import Caller, checkout_active_for_cart, checkout_get, checkout_view, order_get
@@ -36,7 +36,7 @@ def _caller(request: Request) -> Caller:
 
 
 class CheckoutApiBase(APIView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ScopedRedisThrottle]
     throttle_scope = "checkout"
 
     def idempotency_scope(self, request: Request) -> str:

@@ -75,7 +75,7 @@ class CartMachine(RuleBasedStateMachine):
             errors.add(InsufficientStock)
         return errors
 
-    def _apply(self, call, *, applicable: set[type], change) -> None:  # noqa: ANN001
+    def _apply(self, call, *, applicable: set[type], change, always_bumps: bool = False) -> None:  # noqa: ANN001
         before = cart_snapshot(key=self.key)
         try:
             call()
@@ -87,7 +87,7 @@ class CartMachine(RuleBasedStateMachine):
         assert not applicable, f"succeeded although {applicable} apply"
         old = dict(self.lines)
         change()
-        if self.lines != old:
+        if self.lines != old or always_bumps:  # a set is a write even when it sets the same quantity
             self.version += 1
 
     # --- the rules -------------------------------------------------------------------------------
@@ -121,6 +121,7 @@ class CartMachine(RuleBasedStateMachine):
             lambda: cart_item_set(key=self.key, product_id=pid, quantity=quantity, if_match=self._if_match(stale)),
             applicable=self._applicable(pid, quantity, stale, quantity),
             change=lambda: self.lines.__setitem__(pid, quantity),
+            always_bumps=True,
         )
 
     @rule(index=products, stale=st.booleans())
