@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +24,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.driver import ClientState, Result, run
+from bench.checkout import cart_add, healthz
+from bench.driver import Result, run
+from bench.stack import gunicorn_start, process_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 CART_LUA = "redis.call('HINCRBY', KEYS[1], ARGV[1], 1); redis.call('HINCRBY', KEYS[1], 'version', 1); " + (
     "redis.call('PEXPIRE', KEYS[1], 600000); return 1"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_env() -> dict[str, str]:
@@ -53,47 +47,7 @@ def _start_server(workers: int) -> tuple[subprocess.Popen, str]:
     env = _server_env()
     for command in (["migrate", "--noinput"], ["seed_demo"]):
         subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "cartflow.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--backlog",
-            "2048",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("gunicorn exited during start-up")
-        time.sleep(0.1)
-    _stop_server(proc)
-    raise RuntimeError("gunicorn did not answer /healthz within 30 s")
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    return gunicorn_start(env=env, workers=workers, worker_class="sync")
 
 
 def _products(url: str) -> list[int]:
@@ -102,25 +56,6 @@ def _products(url: str) -> list[int]:
     if not ids:
         raise RuntimeError("no usd product with 100+ units available: run `manage.py seed_demo`")
     return ids[:8]
-
-
-def _cart_writer(products: list[int], lines_per_cart: int):  # noqa: ANN202
-    async def add(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
-        if state.sent % lines_per_cart == 0:  # a fresh cart now and then keeps lines under the per-line cap
-            state.headers.pop("X-Cart-Token", None)
-        product_id = products[(state.index + state.sent) % len(products)]
-        response = await http.post(
-            "/api/cart/items", json={"productId": product_id, "quantity": 1}, headers=state.headers
-        )
-        if response.status_code == 201 and "X-Cart-Token" not in state.headers:
-            state.headers["X-Cart-Token"] = response.headers["X-Cart-Token"]
-        return response
-
-    return add
-
-
-async def _healthz(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
-    return await http.get("/healthz")
 
 
 def _redis_url(args: argparse.Namespace) -> str:
@@ -211,18 +146,18 @@ def main(argv: list[str]) -> int:
         proc, url = _start_server(args.workers)
     try:
         products = _products(url)
-        run(base_url=url, request=_healthz, name="warm-up", clients=8, seconds=1)
-        health = run(base_url=url, request=_healthz, name="GET /healthz", clients=args.clients, seconds=args.seconds)
+        run(base_url=url, request=healthz, name="warm-up", clients=8, seconds=1)
+        health = run(base_url=url, request=healthz, name="GET /healthz", clients=args.clients, seconds=args.seconds)
         cart = run(
             base_url=url,
-            request=_cart_writer(products, args.lines_per_cart),
+            request=cart_add(products, args.lines_per_cart),
             name="POST cart/items",
             clients=args.clients,
             seconds=args.seconds,
         )
     finally:
         if proc is not None:
-            _stop_server(proc)
+            process_stop(proc)
 
     redis_url = _redis_url(args)
     if shutil.which("redis-benchmark"):

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from bench.cart import _free_port, _stop_server
 from bench.driver import ClientState, run
+from bench.stack import gunicorn_start, process_stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,31 +65,6 @@ def _create_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def _start(env: dict[str, str], workers: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "cartflow.wsgi:application", "--bind", f"127.0.0.1:{port}"]
-        + ["--workers", str(workers), "--threads", str(threads), "--worker-class", "gthread", "--backlog", "2048"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("gunicorn exited during start-up")
-        time.sleep(0.1)
-    _stop_server(proc)
-    raise RuntimeError("gunicorn did not answer /healthz within 30 s")
 
 
 def _fill_carts(url: str, product_id: int, buyers: int) -> list[str]:
@@ -166,7 +141,7 @@ def main(argv: list[str]) -> int:
     catalog = [{"sku": s, "name": s, "price": 1000, "currency": "usd", "onHand": args.units} for s in skus.values()]
     _manage(env, "import_catalog", "-", stdin=json.dumps(catalog))
     _manage(env, "flash_sale", "start", skus["flash"])
-    proc, url = _start(env, args.workers, args.threads)
+    proc, url = gunicorn_start(env=env, workers=args.workers, threads=args.threads)
     try:
         ids = {
             mode: httpx.get(f"{url}/api/products", params={"sku": sku}).json()["results"][0]["id"]
@@ -178,7 +153,7 @@ def main(argv: list[str]) -> int:
             figures[mode] = _rush(url, tokens, f"{mode}: {args.buyers} buyers, {args.units} units")
         sold = {mode: args.units - httpx.get(f"{url}/api/products/{ids[mode]}").json()["available"] for mode in ids}
     finally:
-        _stop_server(proc)
+        process_stop(proc)
     try:
         work = _server_work(env, tokens[-1])
     finally:

@@ -36,6 +36,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gunicorn_start(
+    *, env: dict[str, str], workers: int, threads: int = 1, worker_class: str = "gthread"
+) -> tuple[subprocess.Popen, str]:
+    """A gunicorn of CartFlow on a free loopback port, in its own process group; returns (process, base URL)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "cartflow.wsgi:application", "--bind", f"127.0.0.1:{port}"]
+        + ["--workers", str(workers), "--threads", str(threads), "--worker-class", worker_class]
+        + ["--backlog", "2048"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError("gunicorn exited during start-up")
+        time.sleep(0.1)
+    process_stop(proc)
+    raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+
+
+def process_stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def with_db(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
