@@ -8,6 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import QuerySet
 
 from inventory.models import Product
@@ -99,10 +100,17 @@ def product_cache_invalidate(*, product_id: int) -> None:
 
 
 def stock_available(*, product_id: int) -> int:
+    # Every cart add calls this: one plain statement instead of an ORM query (whose compilation was
+    # about a tenth of a cart write's CPU in the profile). Stock.product is one-to-one, so no ORDER BY.
     from inventory.models import Stock
 
-    row = Stock.objects.filter(product_id=product_id).values_list("on_hand", "reserved").first()
-    return max(0, row[0] - row[1]) if row else 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT on_hand - reserved FROM {Stock._meta.db_table} WHERE product_id = %s",  # noqa: S608
+            [product_id],
+        )
+        row = cursor.fetchone()
+    return max(0, row[0]) if row else 0
 
 
 def stock_available_many(*, product_ids: list[int]) -> dict[int, int]:
