@@ -126,9 +126,9 @@ class OrderOutputSerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
 
 
-def _render(saga: Any, *, status: int = 200, detail: bool = False) -> Response:
+def _render(saga: Any, *, status: int = 200, detail: bool = False, fresh: bool = False) -> Response:
     serializer = CheckoutDetailOutputSerializer if detail else CheckoutOutputSerializer
-    return Response(serializer(checkout_view(saga=saga, steps=detail)).data, status=status)
+    return Response(serializer(checkout_view(saga=saga, steps=detail, fresh=fresh)).data, status=status)
 
 
 # --- views ---
@@ -170,7 +170,8 @@ class CheckoutStartApi(CheckoutApiBase):
             email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
             flash_ticket=data.validated_data.get("flash_ticket") or request.headers.get("Flash-Ticket") or None,
         )
-        return _render(saga, status=201 if created else 200)
+        # A start that created the checkout holds its saga, order and hold as just written: render them.
+        return _render(saga, status=201 if created else 200, fresh=created)
 
 
 class CheckoutConfirmApi(CheckoutApiBase):

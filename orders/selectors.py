@@ -75,10 +75,17 @@ def reservation_expires_at(*, saga: CheckoutSaga) -> datetime | None:
     return min(held) if held else saga.expires_at
 
 
-def checkout_view(*, saga: CheckoutSaga, steps: bool = False) -> dict[str, Any]:
-    """The checkout as the API shows it (snake_case; serializers rename)."""
-    # Read the order afresh: the saga's cached one predates the charge that just updated it.
-    order = Order.objects.filter(pk=saga.order_id).first() if saga.order_id else None
+def checkout_view(*, saga: CheckoutSaga, steps: bool = False, fresh: bool = False) -> dict[str, Any]:
+    """The checkout as the API shows it (snake_case; serializers rename).
+
+    ``fresh``: this request has just written the saga, its order and its hold (a start that created the
+    checkout), so the objects in hand are current and nothing is read again (two SELECTs off every start).
+    """
+    if fresh:
+        order = saga.order if saga.order_id else None
+    else:
+        # Read the order afresh: the saga's cached one predates the charge that just updated it.
+        order = Order.objects.filter(pk=saga.order_id).first() if saga.order_id else None
     amount = order.total if order else sum(line["unit_price"] * line["quantity"] for line in saga.lines)
     view: dict[str, Any] = {
         "checkout_id": saga.public_id,
@@ -99,7 +106,7 @@ def checkout_view(*, saga: CheckoutSaga, steps: bool = False) -> dict[str, Any]:
         ],
         # A confirmed hold is committed (no HELD row left to read): the saga's expiry is the answer.
         "reservation_expires_at": saga.expires_at
-        if saga.is_terminal or saga.state == CheckoutSaga.State.CONFIRMED
+        if fresh or saga.is_terminal or saga.state == CheckoutSaga.State.CONFIRMED
         else reservation_expires_at(saga=saga),
         "payment_client_secret": saga.client_secret or None,
         "next_action": saga.next_action,

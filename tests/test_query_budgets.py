@@ -24,9 +24,9 @@ BUDGETS = {
     # Statements, BEGIN/COMMIT included. Start: 5 short transactions (saga born "about to reserve";
     # "reserve done" + "about to create the order"; the order + "about to create the PaymentIntent";
     # payments' PaymentIntent record (one statement); "done" + lease release) around one reserve statement and one
-    # Stripe call, then the response's fresh order + hold reads. Was 49 before the merged writes, 33
-    # before payments' record became one upsert+attempt statement (round 3).
-    "checkout_start": 25,
+    # Stripe call. Was 49 before the merged writes, 33 before payments' record became one upsert+attempt
+    # statement (round 3), 25 before the response stopped re-reading the order and hold it had just written.
+    "checkout_start": 23,
     # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
     # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3).
@@ -67,7 +67,11 @@ def test_checkout_start_and_confirm_stay_within_budget(stripe_emulator, django_a
     with django_assert_max_num_queries(BUDGETS["checkout_start"]) as ctx:
         response = client.post("/api/checkout/start", {}, format="json")
     assert response.status_code == 201, _show("start", ctx)
-    body = {"paymentMethodId": "pm_card_visa", "checkoutId": response.json()["checkoutId"]}
+    # The start renders what it just wrote without reading it back: the same body a fresh read gives.
+    started = response.json()
+    detail = client.get(f"/api/checkout/{started['checkoutId']}").json()
+    assert {key: detail[key] for key in started} == started
+    body = {"paymentMethodId": "pm_card_visa", "checkoutId": started["checkoutId"]}
     with django_assert_max_num_queries(BUDGETS["checkout_confirm"]) as ctx:
         response = client.post("/api/checkout/confirm", body, format="json")
     assert response.status_code == 200, _show("confirm", ctx)
