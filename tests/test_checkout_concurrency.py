@@ -6,43 +6,22 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from cart.identity import cart_ref_for_token
 from orders.models import CheckoutSaga
 from orders.saga import checkout_confirm, checkout_start
 from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, stock
+from tests.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _in_threads(n: int, fn):  # noqa: ANN001, ANN202
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = fn(i)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted on
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
 
 
 def test_concurrent_starts_of_one_cart_reserve_once(stripe_emulator):
     product = make_product()
     client = guest_with_cart((product, 3))
     cart_key = cart_ref_for_token(client._credentials["HTTP_X_CART_TOKEN"]).key
-    results = _in_threads(6, lambda i: checkout_start(cart_key=cart_key))
+    results = race(6, lambda i: checkout_start(cart_key=cart_key))
     sagas = [r[0] for r in results if isinstance(r, tuple)]
     assert sum(1 for r in results if isinstance(r, tuple) and r[1]) == 1
     assert {s.pk for s in sagas} == {CheckoutSaga.objects.get().pk}
@@ -56,7 +35,7 @@ def test_concurrent_confirms_charge_once(stripe_emulator):
     checkout_id = client.post("/api/checkout/start", {}, format="json").json()["checkoutId"]
     saga = CheckoutSaga.objects.get(public_id=checkout_id)
     stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "latency", ms=300, times=10)
-    results = _in_threads(5, lambda i: checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa"))
+    results = race(5, lambda i: checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa"))
     ok = [r for r in results if isinstance(r, CheckoutSaga)]
     assert ok and all(r.state == "confirmed" for r in ok)
     assert all(isinstance(r, CheckoutSaga) or getattr(r, "code", "") == "checkout_in_progress" for r in results)
@@ -125,7 +104,7 @@ def test_same_key_while_the_first_request_runs_is_409_with_retry_after(stripe_em
             headers={"Idempotency-Key": "slow"},
         )
 
-    first, second = _in_threads(2, call)
+    first, second = race(2, call)
     assert first.status_code == 200
     assert second.status_code == 409 and second.json()["code"] == "idempotency_request_in_progress"
     assert second["Retry-After"]

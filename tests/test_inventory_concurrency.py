@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from django.core.management import call_command
@@ -18,6 +17,7 @@ from inventory.services import (
     ReserveLine,
     reservation_reserve,
 )
+from tests.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _skus = itertools.count(1)
@@ -28,29 +28,6 @@ def make_product(on_hand: int) -> Product:
     product = Product.objects.create(sku=f"INV-C-{next(_skus):05d}", name="Hot thing", price=500)
     Stock.objects.create(product=product, on_hand=on_hand)
     return product
-
-
-def race(n: int, work: Callable[[int], object]) -> list[object]:
-    """Run ``work(i)`` on n threads released together; each thread closes its own DB connection."""
-    barrier = threading.Barrier(n)
-    results: list[object] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except Exception as exc:  # noqa: BLE001 - inspected by the test
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    return results
 
 
 @pytest.fixture

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import connection
 from rest_framework.test import APIClient
 
 from cart.identity import token_hash
 from cart.services import cart_merge, cart_snapshot
 from tests.cart.conftest import add, adopt_token
+from tests.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _race(n: int, work: Callable[[int], object]) -> list[object]:
-    barrier = threading.Barrier(n)
-    results: list[object] = [None] * n
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = work(i)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
 
 
 def test_forty_concurrent_adds_to_one_cart_all_count(make_product):
@@ -48,7 +24,7 @@ def test_forty_concurrent_adds_to_one_cart_all_count(make_product):
         client.credentials(HTTP_X_CART_TOKEN=token)
         return add(client, a.id if i % 2 else b.id, 2).status_code
 
-    statuses = _race(40, one_add)
+    statuses = race(40, one_add)
     assert statuses == [201] * 40
     body = owner.get("/api/cart").json()
     assert {i["productId"]: i["quantity"] for i in body["items"]} == {a.id: 1 + 20 * 2, b.id: 20 * 2}
@@ -67,7 +43,7 @@ def test_concurrent_if_match_writers_exactly_one_wins(product):
         )
         return resp.status_code
 
-    statuses = _race(12, put)
+    statuses = race(12, put)
     assert sorted(statuses) == [200] + [412] * 11
     assert owner.get("/api/cart").json()["version"] == 2
 
@@ -77,7 +53,7 @@ def test_concurrent_merges_of_one_guest_cart_count_once(make_product):
     user = get_user_model().objects.create_user(username="grace", password="x")
     guest = APIClient()
     token = adopt_token(guest, add(guest, a.id, 3))
-    results = _race(10, lambda i: cart_merge(user_id=user.pk, token_hash=token_hash(token)))
+    results = race(10, lambda i: cart_merge(user_id=user.pk, token_hash=token_hash(token)))
     assert all(isinstance(r, int) for r in results), results
     snapshot = cart_snapshot(key=f"u:{user.pk}")
     assert [(line.product_id, line.quantity) for line in snapshot.lines] == [(a.id, 3)]
