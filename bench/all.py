@@ -34,9 +34,19 @@ import httpx
 from bench import checkout as wl
 from bench import stack as st
 from bench.ceiling import postgres_ceilings, redis_ceilings
-from bench.driver import Result, run
+from bench.cpu import cpu_per_request, cpu_snapshot
+from bench.driver import Result
+from bench.driver import run as driver_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(**kwargs: Any) -> Result:
+    """``bench.driver.run`` that also records the CPU each process group spent per request (``cpu_ms``)."""
+    before = cpu_snapshot()
+    result = driver_run(**kwargs)
+    result.cpu_ms = cpu_per_request(before, cpu_snapshot(), result.requests)  # type: ignore[attr-defined]
+    return result
 
 
 def _row(name: str, result: Result | None = None, **kw: Any) -> dict[str, Any]:
@@ -50,6 +60,7 @@ def _row(name: str, result: Result | None = None, **kw: Any) -> dict[str, Any]:
             requests=result.requests,
             seconds=round(result.seconds, 2),
             errors=dict(result.errors),
+            cpu_ms=getattr(result, "cpu_ms", {}),
         )
     row.update(kw)
     return row
@@ -225,6 +236,7 @@ def main(argv: list[str]) -> int:
                     "errors": dict(steps.outcomes),
                     "checkout_p50_ms": spread.p50,
                     "checkout_p99_ms": spread.p99,
+                    "cpu_ms": _rescale(spread, steps.completed),
                     "target": ">= 100 completed/s, p99 < 500 ms",
                     "met": rate >= 100 and p99 < 500,
                 }
@@ -310,6 +322,12 @@ def main(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
+def _rescale(result: Result, count: int) -> dict[str, float]:
+    """CPU per completed checkout instead of per HTTP request."""
+    per_request = getattr(result, "cpu_ms", {})
+    return {g: round(ms * result.requests / count, 2) for g, ms in per_request.items()} if count else {}
+
+
 def _fmt(value: Any, spec: str = ".0f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -334,3 +352,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
             f"{_fmt(r.get('p95_ms'), '.1f'):>8} {_fmt(r.get('p99_ms'), '.1f'):>8}  {ratio:>6} {met:>4}  "
             f"{r.get('target', ''):<46} {errors or ('' if r.get('rate') is None else 'none')}"
         )
+    print("\nCPU ms per request by process (per completed checkout for spread), from /proc:")
+    for r in rows:
+        if r.get("cpu_ms"):
+            parts = ", ".join(f"{g} {ms:.2f}" for g, ms in r["cpu_ms"].items() if g != "total")
+            print(f"  {r['workload']:<24} total {r['cpu_ms']['total']:6.2f}  = {parts}")

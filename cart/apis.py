@@ -29,7 +29,8 @@ from cart.identity import (
     token_is_well_formed,
     token_new,
 )
-from cart.selectors import CartView, cart_view_empty, cart_view_get
+from cart.selectors import CartView, cart_view_build, cart_view_empty, cart_view_get
+from cart.services import CartSnapshot
 from cart.throttles import CartWriteThrottle, SignInThrottle
 from cartflow.problems import DomainError
 from cartflow.schema import problem_responses
@@ -129,22 +130,20 @@ def _guest_token(request: Request, ref: CartRef | None) -> str | None:
     return token_from_request(request) if ref is not None and ref.user_id is None else None
 
 
-def _write(request: Request, op: Callable[[str, bool], object]) -> tuple[CartRef, str | None]:
-    """Run a write against the request's cart; a client without a live cart gets a new guest cart."""
+def _write(request: Request, op: Callable[[str, bool], CartSnapshot]) -> CartView:
+    """Run a write against the request's cart (a client without a live cart gets a new guest cart);
+    returns the cart as the write left it."""
     ref = cart_ref_from_request(request)
     token = _guest_token(request, ref)
     if ref is None:
         token = token_new()
-        ref = cart_ref_for_token(token)
-        op(ref.key, False)
-        return ref, token
+        return cart_view_build(snapshot=op(cart_ref_for_token(token).key, False), token=token)
     try:
-        op(ref.key, ref.user_id is None)
+        snapshot = op(ref.key, ref.user_id is None)
     except CartMissing:
         token = token_new()
-        ref = cart_ref_for_token(token)
-        op(ref.key, False)
-    return ref, token
+        snapshot = op(cart_ref_for_token(token).key, False)
+    return cart_view_build(snapshot=snapshot, token=token)
 
 
 _EXPIRES_AT = serializers.DateTimeField()
@@ -252,13 +251,13 @@ class CartItemCreateApi(APIView):
         data = CartItemAddInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         if_match = _if_match(request)
-        ref, token = _write(
+        view = _write(
             request,
             lambda key, must_exist: services.cart_item_add(
                 key=key, must_exist=must_exist, if_match=if_match, **data.validated_data
             ),
         )
-        return _render(request, cart_view_get(key=ref.key, token=token), status=201)
+        return _render(request, view, status=201)
 
 
 class CartItemApi(APIView):
@@ -286,7 +285,7 @@ class CartItemApi(APIView):
         data = CartItemSetInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         if_match = _if_match(request)
-        ref, token = _write(
+        view = _write(
             request,
             lambda key, must_exist: services.cart_item_set(
                 key=key,
@@ -296,7 +295,7 @@ class CartItemApi(APIView):
                 must_exist=must_exist,
             ),
         )
-        return _render(request, cart_view_get(key=ref.key, token=token))
+        return _render(request, view)
 
     @extend_schema(
         operation_id="cart_items_destroy",

@@ -40,7 +40,10 @@ class CartSnapshot:
 
 def cart_snapshot(*, key: str) -> CartSnapshot:
     """Read a cart (pushing its expiry forward). An unknown or expired cart is an empty one."""
-    raw = store.read(key)
+    return _snapshot(key, store.read(key))
+
+
+def _snapshot(key: str, raw: dict[bytes, bytes]) -> CartSnapshot:
     lines = tuple(
         sorted(
             (CartLine(product_id=int(f), quantity=int(q)) for f, q in raw.items() if f not in store.META_FIELDS),
@@ -75,8 +78,8 @@ def cart_delete(*, key: str, if_match: int | None = None) -> int:
 
 def cart_item_add(
     *, key: str, product_id: int, quantity: int, if_match: int | None = None, must_exist: bool = False
-) -> int:
-    """Add ``quantity`` units to the product's line (creating it). Returns the new version.
+) -> CartSnapshot:
+    """Add ``quantity`` units to the product's line (creating it). Returns the cart as written.
 
     ``must_exist``: the caller named an existing guest cart; when it is gone, :class:`CartMissing` is
     raised so the caller can start a new cart under a new token.
@@ -88,10 +91,11 @@ def cart_item_add(
 
 def cart_item_set(
     *, key: str, product_id: int, quantity: int, if_match: int | None = None, must_exist: bool = False
-) -> int:
-    """Set the product's line to ``quantity``; 0 removes it. Returns the new version."""
+) -> CartSnapshot:
+    """Set the product's line to ``quantity``; 0 removes it. Returns the cart as written."""
     if quantity == 0:
-        return cart_item_remove(key=key, product_id=product_id, if_match=if_match)
+        cart_item_remove(key=key, product_id=product_id, if_match=if_match)
+        return cart_snapshot(key=key)
     return _upsert(
         key=key, product_id=product_id, quantity=quantity, if_match=if_match, must_exist=must_exist, mode="set"
     )
@@ -134,7 +138,9 @@ def cart_merge(*, user_id: int, token_hash: str) -> int:
     return int(result[1])
 
 
-def _upsert(*, key: str, product_id: int, quantity: int, if_match: int | None, must_exist: bool, mode: str) -> int:
+def _upsert(
+    *, key: str, product_id: int, quantity: int, if_match: int | None, must_exist: bool, mode: str
+) -> CartSnapshot:
     max_line = int(settings.CARTFLOW_MAX_LINE_QUANTITY)
     max_lines = int(settings.CARTFLOW_MAX_CART_LINES)
     _check_quantity(quantity, max_line)
@@ -152,9 +158,9 @@ def _upsert(*, key: str, product_id: int, quantity: int, if_match: int | None, m
         "1" if must_exist else "0",
         mode,
     ]
-    status, n = store.run("upsert", keys=[store.redis_key(key)], args=args)
+    status, n, *written = store.run("upsert", keys=[store.redis_key(key)], args=args)
     if status == "ok":
-        return n
+        return _snapshot(key, store.as_hash(written[0]))
     if status == "missing":
         raise CartMissing(key)
     if status == "conflict":

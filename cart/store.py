@@ -47,7 +47,8 @@ local function conflict() return ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version 
 # ARGV: if_match, ttl_ms, product_id, quantity, currency, max_line, max_lines, available, must_exist, mode.
 # mode 'add' adds to the line, 'set' replaces it (quantity >= 1 here; removal is _REMOVE).
 # Returns {status, n}: ok/version, missing/0, conflict/version, currency/<cart currency>,
-# too_many_lines/lines, line_max/current quantity, stock/current quantity.
+# too_many_lines/lines, line_max/current quantity, stock/current quantity; 'ok' also returns the whole
+# hash as a third element, so the caller renders the cart it wrote without reading it again.
 _UPSERT = (
     _PROLOGUE
     + """
@@ -64,7 +65,7 @@ if target > tonumber(ARGV[8]) then return {'stock', cur} end
 redis.call('HSET', key, pid, target, 'currency', ARGV[5])
 version = redis.call('HINCRBY', key, 'version', 1)
 redis.call('PEXPIRE', key, ARGV[2])
-return {'ok', version}
+return {'ok', version, redis.call('HGETALL', key)}
 """
 )
 
@@ -192,5 +193,9 @@ def run(name: str, *, keys: list[str], args: list[Any]) -> list[Any]:
 
 
 def read(cart_id: str) -> dict[bytes, bytes]:
-    flat = run("read", keys=[redis_key(cart_id)], args=[ttl_seconds(cart_id) * 1000])
+    return as_hash(run("read", keys=[redis_key(cart_id)], args=[ttl_seconds(cart_id) * 1000]))
+
+
+def as_hash(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply (field, value, field, value, ...) as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
