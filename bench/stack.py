@@ -259,6 +259,8 @@ def new_stack(*, db_url: str, log_level: str = "WARNING", extra_env: dict[str, s
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "cartflow.settings",
             **(extra_env or {}),
+            # A/B runs: BENCH_SET_CARTFLOW_X=1 sets CARTFLOW_X=1 for the servers only.
+            **{k.removeprefix("BENCH_SET_"): v for k, v in os.environ.items() if k.startswith("BENCH_SET_")},
         }
     )
     stack.env = env

@@ -113,16 +113,21 @@ TEMPLATES = [
 ]
 
 # DATABASE_URL, else local PostgreSQL, else embedded (cartflow/servicefinder.py).
-# CARTFLOW_DB_CONN_MAX_AGE: persistent connections (seconds), health-checked before reuse.
+# CARTFLOW_DB_CONN_MAX_AGE: persistent connections (seconds).
+# CARTFLOW_DB_HEALTH_CHECKS: a SELECT 1 before a reused connection's first query in each request.
+# CARTFLOW_DB_SERVER_SIDE_BINDING: parameters sent apart from the SQL, and statements a connection runs
+# often prepared once (psycopg's prepare_threshold).
 DATABASES = {
     "default": dj_database_url.parse(
         servicefinder.database_url(),
         conn_max_age=env_int("CARTFLOW_DB_CONN_MAX_AGE", 300),
-        conn_health_checks=True,
+        conn_health_checks=env_bool("CARTFLOW_DB_HEALTH_CHECKS", True),
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
+if env_bool("CARTFLOW_DB_SERVER_SIDE_BINDING", False):
+    DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
 # Short transactions only: no ATOMIC_REQUESTS (STYLE.md 4).
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
