@@ -37,6 +37,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -379,10 +380,11 @@ def _run_start(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
     """Drive the start steps from wherever the saga is (also used by recovery).
 
     ``release_lease``: the last write gives the lease up (the caller does nothing after the start)."""
+    reserved = None
     if saga.order_id is None and saga.step == "reserve" and saga.step_status != DONE:
-        _step_reserve(saga)
+        reserved = _step_reserve(saga)
     if saga.order_id is None:
-        _step_create_order(saga)
+        _step_create_order(saga, reserved=reserved)
     if not saga.payment_intent_id:
         _step_create_payment_intent(saga, release_lease=release_lease)
 
@@ -391,7 +393,18 @@ def _reserve_lines(saga: CheckoutSaga) -> list[ReserveLine]:
     return [ReserveLine(product_id=line["product_id"], quantity=line["quantity"]) for line in saga.lines]
 
 
-def _step_reserve(saga: CheckoutSaga) -> None:
+@dataclass(frozen=True)
+class _Reserved:
+    """What the reserve step did, written together with the order (see :func:`_step_reserve`)."""
+
+    units: int
+    expires_at: datetime
+
+
+def _step_reserve(saga: CheckoutSaga) -> _Reserved:
+    """Hold the stock. "reserve done" is not written here but in the order's transaction, one transaction
+    fewer per start: a crash in between leaves "about to reserve", and reserving again for the same holder
+    holds nothing twice (``reservation_reserve`` is idempotent per holder)."""
     _announce(saga, "reserve")
     try:
         held = reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
@@ -399,14 +412,7 @@ def _step_reserve(saga: CheckoutSaga) -> None:
         _fail_and_compensate(saga, "reserve", exc, to=S.FAILED)
         raise
     _crash_point("reserve:after")
-    # "reserve done" and "about to create the order" in one write: the order comes next, in this process.
-    _save(
-        saga,
-        logs=[("reserve", DONE, {"units": sum(r.quantity for r in held)}), ("create_order", ABOUT_TO, None)],
-        step="create_order",
-        step_status=ABOUT_TO,
-        expires_at=min(r.expires_at for r in held),
-    )
+    return _Reserved(units=sum(r.quantity for r in held), expires_at=min(r.expires_at for r in held))
 
 
 def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
@@ -416,8 +422,12 @@ def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
     _done(saga, "release", details={"units": released, "flashTokens": returned})
 
 
-def _step_create_order(saga: CheckoutSaga) -> None:
-    _announce(saga, "create_order")
+def _step_create_order(saga: CheckoutSaga, *, reserved: _Reserved | None = None) -> None:
+    """``reserved``: the reserve step just ran in this process and its "done" is written here too."""
+    if reserved is None:
+        _announce(saga, "create_order")
+    else:
+        _crash_point("create_order:before")
     _crash_point("create_order:after")  # the order and "done" commit together: a crash here left no order
 
     def create() -> dict[str, Any]:
@@ -445,14 +455,14 @@ def _step_create_order(saga: CheckoutSaga) -> None:
         )
         return {"order": order}
 
-    # The order, "create_order done" and "about to create the PaymentIntent" commit together.
-    _save(
-        saga,
-        logs=[("create_order", DONE, None), ("create_payment_intent", ABOUT_TO, None)],
-        step="create_payment_intent",
-        step_status=ABOUT_TO,
-        also=create,
-    )
+    # The order, "create_order done" and "about to create the PaymentIntent" commit together (after a
+    # reserve in this process, with "reserve done" first: the step trail reads as before).
+    logs: list[LogRow] = [("create_order", DONE, None), ("create_payment_intent", ABOUT_TO, None)]
+    more: dict[str, Any] = {}
+    if reserved is not None:
+        logs[:0] = [("reserve", DONE, {"units": reserved.units}), ("create_order", ABOUT_TO, None)]
+        more["expires_at"] = reserved.expires_at
+    _save(saga, logs=logs, step="create_payment_intent", step_status=ABOUT_TO, also=create, **more)
 
 
 def _compensate_cancel_order(saga: CheckoutSaga) -> None:

@@ -21,12 +21,13 @@ BUDGETS = {
     "product_detail": 1,
     "cart_add": 1,
     "cart_get": 0,
-    # Statements, BEGIN/COMMIT included. Start: 5 short transactions (saga born "about to reserve";
-    # "reserve done" + "about to create the order"; the order + "about to create the PaymentIntent";
-    # payments' PaymentIntent record (one statement); "done" + lease release) around one reserve statement and one
-    # Stripe call. Was 49 before the merged writes, 33 before payments' record became one upsert+attempt
-    # statement (round 3), 25 before the response stopped re-reading the order and hold it had just written.
-    "checkout_start": 23,
+    # Statements, BEGIN/COMMIT included. Start: 4 short transactions (saga born "about to reserve";
+    # "reserve done" + the order + "about to create the PaymentIntent"; payments' PaymentIntent record (one
+    # statement); "done" + lease release) around one reserve statement and one Stripe call. Was 49 before
+    # the merged writes, 33 before payments' record became one upsert+attempt statement (round 3), 25 before
+    # the response stopped re-reading the order and hold it had just written, 23 before "reserve done"
+    # moved into the order's transaction.
+    "checkout_start": 19,
     # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
     # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3).
