@@ -5,8 +5,9 @@ same CPUs, so a request's cost is the CPU every one of them spent on it. :func:`
 ``utime + stime`` of every live process by group; the difference of two snapshots divided by the
 requests served is the CPU milliseconds per request that ``make bench`` prints under its table.
 
-Linux only (``/proc``); elsewhere the snapshot is empty and the breakdown is skipped. A process that
-exits between two snapshots takes its CPU with it (the groups measured here live through a workload).
+Linux only (``/proc``); elsewhere the snapshot is empty and the breakdown is skipped. Each process counts
+its own CPU plus that of its children that have exited and been reaped (``cutime``/``cstime``): a
+PostgreSQL backend that lives for one Celery task is counted in the postmaster once it is gone.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def cpu_snapshot() -> dict[str, float]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+        seconds = sum(int(f) for f in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
         if int(entry.name) == me:
             group = "driver"
         else:

@@ -12,6 +12,7 @@ Every child runs in its own session and is stopped by its process group id, neve
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,9 +32,18 @@ WEBHOOK_SECRET = "whsec_bench"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range. Port 0 hands out ephemeral ports, the range every outgoing
+    connection takes its local port from: with thousands of bench connections, one of them took the port
+    between our choice and the server's bind ("Address already in use" from the emulator)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def gunicorn_start(

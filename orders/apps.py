@@ -13,4 +13,4 @@ class OrdersConfig(AppConfig):
 
         register_extend_policy(saga.saga_keeps_hold)
         register_expired_listener(saga.saga_on_reservation_expired)
-        register_intent_listener(saga.saga_on_intent)
+        register_intent_listener(saga.saga_on_intent, settled=saga.saga_settled_for_intent)

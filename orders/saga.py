@@ -896,6 +896,17 @@ def saga_keeps_hold(holder: str) -> bool:
     )
 
 
+def saga_settled_for_intent(intent_id: str, status: str) -> bool:
+    """payments' settled check: a succeeded intent whose checkout is confirmed (or fulfilled) needs nothing
+    more from :func:`saga_on_intent` (which would take the lease, see the state and do nothing)."""
+    return (
+        status == "succeeded"
+        and CheckoutSaga.objects.filter(
+            payment_intent_id=intent_id, state__in=[S.CONFIRMED, S.FULFILLED], compensate_to=""
+        ).exists()
+    )
+
+
 def saga_on_intent(intent: IntentResult, source: str) -> None:
     """payments' intent listener: converge the saga on the PaymentIntent, whichever news arrives first."""
     from payments.hooks import NotKnownYet

@@ -26,10 +26,12 @@ def _only_this_tests_listeners():
     the saga), so each test starts with no listener and registers its own."""
     from payments import hooks
 
-    saved = list(hooks._LISTENERS)
+    saved, saved_settled = list(hooks._LISTENERS), dict(hooks._SETTLED)
     hooks._LISTENERS.clear()
     yield
     hooks._LISTENERS[:] = saved
+    hooks._SETTLED.clear()
+    hooks._SETTLED.update(saved_settled)
 
 
 def _event(type_: str = "payment_intent.succeeded", intent_id: str = "pi_123", **extra) -> dict:
@@ -301,3 +303,59 @@ def test_an_event_for_a_payment_intent_that_is_not_ours_is_ignored(api_client, s
     _post(api_client, json.dumps(event), secret=stripe_emulator.secret)
     assert webhook_event_process(event_id=event["id"]).status == "ignored"
     assert Payment.objects.count() == 0
+
+
+# --- a success CartFlow has recorded and acted on already is not fetched again ---
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("listener_settled", [True, False])
+def test_a_success_already_reflected_skips_the_stripe_read_only_when_every_listener_is_settled(
+    api_client, stripe_emulator, listener_settled
+):
+    order_id = f"ord_settled_{listener_settled}"
+    intent_id = _paid_after_a_decline(order_id)
+    assert payment_get(order_id=order_id).status == "succeeded"
+    calls: list[str] = []
+    asked: list[tuple[str, str]] = []
+
+    def listener(intent, source):
+        calls.append(intent.status)
+
+    def settled(pi: str, status: str) -> bool:
+        asked.append((pi, status))
+        return listener_settled
+
+    register_intent_listener(listener, settled=settled)
+    try:
+        # Any re-fetch now fails: the event can only be processed if it is not fetched at all.
+        stripe_emulator.add_fault("GET /v1/payment_intents/*", "http_500", times=100)
+        [event_id] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+        if listener_settled:
+            assert webhook_event_process(event_id=event_id).status == "processed"
+            assert calls == [] and asked == [(intent_id, "succeeded")]
+        else:
+            with pytest.raises(Exception) as failed:
+                webhook_event_process(event_id=event_id)
+            assert getattr(failed.value, "code", "") == "payment_provider_unavailable"
+            assert WebhookEvent.objects.get(event_id=event_id).status == "received" and calls == []
+        stripe_emulator.clear_faults()
+        # A refund is never taken from the payload or skipped: it is fetched and applied.
+        stripe_emulator.client().v1.refunds.create(params={"payment_intent": intent_id, "amount": 500})
+        [refunded] = _deliver_all(api_client, stripe_emulator, ("charge.refunded",))
+        assert webhook_event_process(event_id=refunded).status == "processed"
+        assert payment_get(order_id=order_id).amount_refunded == 500 and calls[-1] == "succeeded"
+    finally:
+        unregister_intent_listener(listener)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_success_is_fetched_when_our_record_has_not_seen_it(api_client, stripe_emulator):
+    order_id = "ord_unrecorded"
+    intent_id = _paid_after_a_decline(order_id)
+    Payment.objects.filter(order_id=order_id).update(status="requires_payment_method")  # say the record was lost
+    register_intent_listener(lambda intent, source: None, settled=lambda pi, status: True)
+    [event_id] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+    assert webhook_event_process(event_id=event_id).status == "processed"
+    payment = payment_get(order_id=order_id)
+    assert payment.status == "succeeded" and payment.intent_id == intent_id

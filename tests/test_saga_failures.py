@@ -325,3 +325,19 @@ def test_recover_sagas_command_finishes_a_crashed_charge(stripe_emulator, settin
     call_command("recover_sagas")
     assert _reload(saga).state == "fulfilled" and charges(stripe_emulator) == 1
     invariants_hold()
+
+
+def test_the_checkout_is_settled_for_its_intent_only_once_confirmed(stripe_emulator):
+    """payments skips re-fetching a ``payment_intent.succeeded`` only when this says the checkout is done."""
+    from orders.saga import saga_settled_for_intent
+
+    saga = _start(_cart(make_product()))
+    intent_id = saga.payment_intent_id
+    assert not saga_settled_for_intent(intent_id, "succeeded")  # awaiting payment: the webhook may matter
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
+    assert saga_settled_for_intent(intent_id, "succeeded")
+    assert not saga_settled_for_intent(intent_id, "canceled")
+    assert not saga_settled_for_intent("pi_unknown", "succeeded")
+    # A confirmed checkout being compensated (an operator refund in progress) is not settled either.
+    CheckoutSaga.objects.filter(pk=saga.pk).update(compensate_to="failed")
+    assert not saga_settled_for_intent(intent_id, "succeeded")
