@@ -26,12 +26,14 @@ BUDGETS = {
     # statement); "done" + lease release) around one reserve statement and one Stripe call. Was 49 before
     # the merged writes, 33 before payments' record became one upsert+attempt statement (round 3), 25 before
     # the response stopped re-reading the order and hold it had just written, 23 before "reserve done"
-    # moved into the order's transaction.
-    "checkout_start": 19,
+    # moved into the order's transaction, 19 before each saga write became one statement (UPDATE + log
+    # INSERT in a writable CTE, orders/saga.py _write_saga).
+    "checkout_start": 17,
     # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
     # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
-    # then 31 before payments' record became one statement (round 3).
-    "checkout_confirm": 26,
+    # then 31 before payments' record became one statement (round 3), 26 before each saga write became one
+    # statement.
+    "checkout_confirm": 21,
     "checkout_start_sold_out": 0,
 }
 
