@@ -205,7 +205,9 @@ class CheckoutConfirmApi(CheckoutApiBase):
             if checkout_id
             else checkout_active_for_cart(caller=caller)
         )
-        saga = saga_services.checkout_confirm(saga_id=found.pk, payment_method=data.validated_data["payment_method"])
+        saga = saga_services.checkout_confirm(
+            saga_id=found.pk, payment_method=data.validated_data["payment_method"], loaded=found
+        )
         return _render(saga, status=202 if saga.state not in ("confirmed", "fulfilled") else 200)
 
 

@@ -201,17 +201,19 @@ def _done(saga: CheckoutSaga, step: str, *, details: dict[str, Any] | None = Non
     _save(saga, log_step=step, outcome=DONE, details=details, step=step, step_status=DONE, **kwargs)
 
 
-def _acquire(saga_id: int, *, owner: str, wait: float = 0.0) -> CheckoutSaga:
-    """Take the saga's lease (version-checked); wait up to ``wait`` seconds for a live lease to end."""
+def _acquire(saga_id: int, *, owner: str, wait: float = 0.0, loaded: CheckoutSaga | None = None) -> CheckoutSaga:
+    """Take the saga's lease (version-checked); wait up to ``wait`` seconds for a live lease to end.
+
+    ``loaded``: the saga (with its order) as the caller just read it; the first try uses it instead of
+    reading again. If it is stale, the version check fails and the next try reads afresh."""
     deadline = time.monotonic() + wait
     while True:
-        saga = CheckoutSaga.objects.select_related("order").get(pk=saga_id)
+        saga = loaded if loaded is not None else CheckoutSaga.objects.select_related("order").get(pk=saga_id)
+        loaded = None
         now = timezone.now()
         held = saga.lease_owner and saga.lease_owner != owner and saga.lease_expires_at and saga.lease_expires_at > now
         if not held:
-            won = CheckoutSaga.objects.filter(pk=saga.pk, version=saga.version).update(
-                lease_owner=owner, lease_expires_at=now + _lease(), version=F("version") + 1
-            )
+            won = _write_saga(saga, fields={"lease_owner": owner, "lease_expires_at": now + _lease()}, rows=[], now=now)
             if won:
                 saga.version += 1
                 saga.lease_owner, saga.lease_expires_at = owner, now + _lease()
@@ -231,9 +233,9 @@ def _release_lease(saga: CheckoutSaga) -> None:
 
 
 @contextlib.contextmanager
-def _driving(saga_id: int, *, wait: float = 0.0) -> Iterator[CheckoutSaga]:
+def _driving(saga_id: int, *, wait: float = 0.0, loaded: CheckoutSaga | None = None) -> Iterator[CheckoutSaga]:
     """Hold the lease while the block drives the saga. A crash (BaseException) keeps it, so it lapses."""
-    saga = _acquire(saga_id, owner=uuid.uuid4().hex, wait=wait)
+    saga = _acquire(saga_id, owner=uuid.uuid4().hex, wait=wait, loaded=loaded)
     try:
         yield saga
     except Exception:
@@ -565,15 +567,17 @@ def _compensate_cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None
 # --- confirm: charge → confirm ---------------------------------------------------------------------------
 
 
-def checkout_confirm(*, saga_id: int, payment_method: str) -> CheckoutSaga:
+def checkout_confirm(*, saga_id: int, payment_method: str, loaded: CheckoutSaga | None = None) -> CheckoutSaga:
     """Charge the checkout's PaymentIntent and, once paid, confirm the order.
+
+    ``loaded``: the saga with its order, just read by the caller (saves reading it again).
 
     Returns the saga (``confirmed``/``fulfilled``, or ``requires_action`` for 3-D Secure). Raises
     PaymentDeclined (the checkout stays open), ReservationExpired, CheckoutNotConfirmable,
     CheckoutInProgress, PaymentTransientError (outcome unknown: the step is ``indeterminate``).
     """
     wait = getattr(settings, "CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
-    with _driving(saga_id, wait=wait) as saga:
+    with _driving(saga_id, wait=wait, loaded=loaded) as saga:
         if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
             _settle_charge(saga)
         if saga.state == S.PAID and not saga.compensate_to:
