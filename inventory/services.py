@@ -110,7 +110,7 @@ def _attempts() -> Iterator[int]:
 
 
 def reservation_reserve(
-    *, lines: Sequence[ReserveLine], holder: str, ttl_seconds: int | None = None
+    *, lines: Sequence[ReserveLine], holder: str, ttl_seconds: int | None = None, new_holder: bool = False
 ) -> list[ReservationInfo]:
     """Hold stock for every line, or for none of them, on behalf of ``holder`` (a checkout id).
 
@@ -121,6 +121,10 @@ def reservation_reserve(
 
     Raises :class:`InsufficientStock` (nothing held), :class:`InventoryContention` (nothing held), and
     :class:`ReservationStateError` when the holder already holds a different quantity of a product.
+
+    ``new_holder``: the caller just created this holder (a checkout's first reserve), so the lookup of its
+    earlier rows is skipped; a row that exists all the same surfaces as a unique violation and is handled
+    as a concurrent reserve of the same holder.
     """
     if not holder:
         raise ValueError("holder is required")
@@ -134,7 +138,11 @@ def reservation_reserve(
     ttl = settings.CARTFLOW_RESERVATION_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     expires_at = timezone.now() + timedelta(seconds=ttl)
 
-    existing = {r.product_id: r for r in Reservation.objects.filter(holder=holder, product_id__in=list(wanted))}
+    existing = (
+        {}
+        if new_holder
+        else {r.product_id: r for r in Reservation.objects.filter(holder=holder, product_id__in=list(wanted))}
+    )
     for product_id, quantity in wanted.items():
         row = existing.get(product_id)
         if row and row.status in (HELD, COMMITTED) and row.quantity != quantity:

@@ -144,6 +144,22 @@ def _save(
         setattr(saga, name, value)
 
 
+def _log_rows_cte(rows: list[LogRow], now: datetime) -> tuple[str, list[Any]]:
+    """``l AS (INSERT …)``: the log rows of the saga that CTE ``s`` returns (none when ``s`` is empty).
+    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id)."""
+    details = SagaStep._meta.get_field("details")
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    sql = (
+        f"l AS (INSERT INTO {connection.ops.quote_name(SagaStep._meta.db_table)} (saga_id, step, outcome, details, at) "
+        f"SELECT s.id, v.step, v.outcome, v.details, %s FROM s CROSS JOIN (VALUES {values}) "
+        "AS v(n, step, outcome, details) ORDER BY v.n)"
+    )
+    params: list[Any] = [now]
+    for n, (step, outcome, step_details) in enumerate(rows):
+        params += [n, step, outcome, details.get_db_prep_save(step_details or {}, connection)]
+    return sql, params
+
+
 def _write_saga(saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow], now: datetime) -> bool:
     """The version-checked UPDATE of the saga and the INSERT of its log rows as ONE statement (a writable
     CTE: atomic without a transaction of its own). True when the version matched (then the rows are in).
@@ -164,16 +180,9 @@ def _write_saga(saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow
     )
     params += [saga.pk, saga.version]
     if rows:
-        details = SagaStep._meta.get_field("details")
-        values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
-        sql += (  # ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id)
-            f", l AS (INSERT INTO {quote(SagaStep._meta.db_table)} (saga_id, step, outcome, details, at) "
-            f"SELECT s.id, v.step, v.outcome, v.details, %s FROM s CROSS JOIN (VALUES {values}) "
-            "AS v(n, step, outcome, details) ORDER BY v.n)"
-        )
-        params.append(now)
-        for n, (step, step_outcome, step_details) in enumerate(rows):
-            params += [n, step, step_outcome, details.get_db_prep_save(step_details or {}, connection)]
+        log_sql, log_params = _log_rows_cte(rows, now)
+        sql += ", " + log_sql
+        params += log_params
     sql += " SELECT count(*) FROM s"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -344,7 +353,7 @@ def _start(
             )
             if saga is not None:
                 try:
-                    _run_start(saga, release_lease=True)
+                    _run_start(saga, release_lease=True, new_saga=True)
                 except Exception:
                     _release_lease(saga)
                     raise
@@ -382,40 +391,58 @@ def _insert_saga(
 ) -> CheckoutSaga | None:
     """The saga row, born holding its lease and "about to reserve"; None when the cart has an active one."""
     lines, currency = priced
+    saga = CheckoutSaga(
+        public_id=checkout_id,
+        cart_key=snapshot.key,
+        cart_version=snapshot.version,
+        cart_token_hash=token_hash or "",
+        user_id=user_id,
+        email=email or "",
+        lines=lines,
+        currency=currency,
+        step="reserve",
+        step_status=ABOUT_TO,
+        lease_owner=owner,
+        lease_expires_at=timezone.now() + _lease(),
+    )
+    rows: list[LogRow] = [("start", DONE, {"cartVersion": snapshot.version}), ("reserve", ABOUT_TO, None)]
     try:
-        with transaction.atomic():
-            saga = CheckoutSaga.objects.create(
-                public_id=checkout_id,
-                cart_key=snapshot.key,
-                cart_version=snapshot.version,
-                cart_token_hash=token_hash or "",
-                user_id=user_id,
-                email=email or "",
-                lines=lines,
-                currency=currency,
-                step="reserve",
-                step_status=ABOUT_TO,
-                lease_owner=owner,
-                lease_expires_at=timezone.now() + _lease(),
-            )
-            SagaStep.objects.bulk_create(
-                [
-                    SagaStep(saga=saga, step="start", outcome=DONE, details={"cartVersion": snapshot.version}),
-                    SagaStep(saga=saga, step="reserve", outcome=ABOUT_TO),
-                ]
-            )
+        # Inside a caller's transaction (tests), a savepoint keeps a lost insert from poisoning it.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            _insert_saga_row(saga, rows=rows)
     except IntegrityError:
         return None  # a concurrent (or earlier) start holds the cart's index
     return saga
 
 
-def _run_start(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
+def _insert_saga_row(saga: CheckoutSaga, *, rows: list[LogRow]) -> None:
+    """INSERT the saga and its first log rows as ONE statement (a writable CTE), like ``_write_saga``:
+    the model's defaults and ``auto_now`` fields are filled in by Django's own field code."""
+    quote = connection.ops.quote_name
+    fields = [f for f in CheckoutSaga._meta.concrete_fields if not f.primary_key]
+    params: list[Any] = [f.get_db_prep_save(f.pre_save(saga, True), connection) for f in fields]
+    log_sql, log_params = _log_rows_cte(rows, saga.created_at)
+    sql = (
+        f"WITH s AS (INSERT INTO {quote(CheckoutSaga._meta.db_table)} "  # noqa: S608 - names from _meta
+        f"({', '.join(quote(f.column) for f in fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"RETURNING {quote('id')}), {log_sql} SELECT id FROM s"
+    )
+    params += log_params
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        saga.pk = cursor.fetchone()[0]
+    saga._state.adding = False
+    saga._state.db = connection.alias
+
+
+def _run_start(saga: CheckoutSaga, *, release_lease: bool = False, new_saga: bool = False) -> None:
     """Drive the start steps from wherever the saga is (also used by recovery).
 
-    ``release_lease``: the last write gives the lease up (the caller does nothing after the start)."""
+    ``release_lease``: the last write gives the lease up (the caller does nothing after the start).
+    ``new_saga``: the caller has just inserted the saga, so its checkout id holds nothing yet."""
     reserved = None
     if saga.order_id is None and saga.step == "reserve" and saga.step_status != DONE:
-        reserved = _step_reserve(saga)
+        reserved = _step_reserve(saga, new_holder=new_saga)
     if saga.order_id is None:
         _step_create_order(saga, reserved=reserved)
     if not saga.payment_intent_id:
@@ -434,13 +461,13 @@ class _Reserved:
     expires_at: datetime
 
 
-def _step_reserve(saga: CheckoutSaga) -> _Reserved:
+def _step_reserve(saga: CheckoutSaga, *, new_holder: bool = False) -> _Reserved:
     """Hold the stock. "reserve done" is not written here but in the order's transaction, one transaction
     fewer per start: a crash in between leaves "about to reserve", and reserving again for the same holder
     holds nothing twice (``reservation_reserve`` is idempotent per holder)."""
     _announce(saga, "reserve")
     try:
-        held = reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id)
+        held = reservation_reserve(lines=_reserve_lines(saga), holder=saga.public_id, new_holder=new_holder)
     except (InsufficientStock, InventoryContention) as exc:
         _fail_and_compensate(saga, "reserve", exc, to=S.FAILED)
         raise

@@ -21,14 +21,16 @@ BUDGETS = {
     "product_detail": 1,
     "cart_add": 1,
     "cart_get": 0,
-    # Statements, BEGIN/COMMIT included. Start: 4 short transactions (saga born "about to reserve";
-    # "reserve done" + the order + "about to create the PaymentIntent"; payments' PaymentIntent record (one
-    # statement); "done" + lease release) around one reserve statement and one Stripe call. Was 49 before
+    # Statements, BEGIN/COMMIT included. Start: the saga born "about to reserve" with its log rows (one
+    # statement); one reserve statement; one transaction with the order, its lines and "reserve done" +
+    # "about to create the PaymentIntent"; one Stripe call; payments' record (one statement); "done" + lease
+    # release (the order UPDATE and one saga statement). Was 49 before
     # the merged writes, 33 before payments' record became one upsert+attempt statement (round 3), 25 before
     # the response stopped re-reading the order and hold it had just written, 23 before "reserve done"
     # moved into the order's transaction, 19 before each saga write became one statement (UPDATE + log
-    # INSERT in a writable CTE, orders/saga.py _write_saga).
-    "checkout_start": 17,
+    # INSERT in a writable CTE, orders/saga.py _write_saga), 17 before the saga INSERT became one statement
+    # too and a new checkout stopped looking up reservations its fresh id cannot have.
+    "checkout_start": 13,
     # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
     # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3), 26 before each saga write became one
