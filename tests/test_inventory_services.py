@@ -184,3 +184,16 @@ def test_stock_adjust_audits_and_refuses_to_go_below_reserved(make_product, djan
     assert stock_of(a) == (10, 10)
     audit = list(StockAdjustment.objects.order_by("id").values_list("delta", "reason", "who_id", "on_hand_after"))
     assert audit == [(7, "restock", staff.pk, 12), (-2, "write-off", None, 10)]
+
+
+def test_a_new_holder_that_is_not_new_still_holds_nothing_twice(make_product):
+    """``new_holder`` skips the lookup of the holder's rows; if a row exists all the same (a caller's
+    mistake, or a concurrent reserve of the same holder), the unique index turns it into "already held"."""
+    a, b = make_product(5), make_product(5)
+    reservation_reserve(lines=[ReserveLine(a.id, 2)], holder="co_new")
+    held = reservation_reserve(lines=[ReserveLine(a.id, 2), ReserveLine(b.id, 1)], holder="co_new", new_holder=True)
+    assert sorted((r.product_id, r.quantity, r.status) for r in held) == sorted(
+        [(a.id, 2, "HELD"), (b.id, 1, "HELD")]
+    )
+    assert stock_of(a) == (5, 2) and stock_of(b) == (5, 1)
+    assert Reservation.objects.filter(holder="co_new").count() == 2
