@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Q
 from django.utils import timezone
 
 from cart.services import CartSnapshot, cart_clear, cart_snapshot
@@ -122,10 +122,12 @@ def _save(
     details: dict[str, Any] | None = None,
     logs: list[LogRow] | None = None,
     also: Callable[[], dict[str, Any] | None] | None = None,
+    with_sql: list[_Also] | None = None,
     **fields: Any,
-) -> None:
+) -> list[Any]:
     """One short transaction: ``also()`` (extra writes, may return more fields), the version-checked
-    UPDATE of the saga (renewing the lease), and its log rows (``logs`` then ``log_step``).
+    UPDATE of the saga (renewing the lease), its log rows (``logs`` then ``log_step``) and ``with_sql``
+    (more writes in the same statement, done only if the version matched; returns what they return).
     Raises CheckoutInProgress if the version moved."""
     now = timezone.now()
     rows: list[LogRow] = list(logs or ())
@@ -137,11 +139,24 @@ def _save(
             fields.update(extra)
         if saga.lease_owner and "lease_owner" not in fields:
             fields["lease_expires_at"] = now + _lease()
-        if not _write_saga(saga, fields=fields, rows=rows, now=now):
+        matched, returned = _write_saga_returning(saga, fields=fields, rows=rows, now=now, with_sql=with_sql or [])
+        if not matched:
             raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
     saga.version += 1
     for name, value in fields.items():
         setattr(saga, name, value)
+    return returned
+
+
+@dataclass(frozen=True)
+class _Also:
+    """One more write in the saga's statement. Its SQL must depend on CTE ``s`` (the saga row the
+    version-checked UPDATE returned: ``… AND EXISTS (SELECT 1 FROM s)`` or ``… FROM s``), so that it happens
+    only if the version matched. ``returns``: it ends in ``RETURNING id``, and that id comes back."""
+
+    sql: str
+    params: list[Any]
+    returns: bool = False
 
 
 def _log_rows_cte(rows: list[LogRow], now: datetime) -> tuple[str, list[Any]]:
@@ -161,8 +176,16 @@ def _log_rows_cte(rows: list[LogRow], now: datetime) -> tuple[str, list[Any]]:
 
 
 def _write_saga(saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow], now: datetime) -> bool:
-    """The version-checked UPDATE of the saga and the INSERT of its log rows as ONE statement (a writable
-    CTE: atomic without a transaction of its own). True when the version matched (then the rows are in).
+    """:func:`_write_saga_returning` without extra writes: True when the version matched."""
+    return _write_saga_returning(saga, fields=fields, rows=rows, now=now, with_sql=[])[0]
+
+
+def _write_saga_returning(
+    saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow], now: datetime, with_sql: list[_Also]
+) -> tuple[bool, list[Any]]:
+    """The version-checked UPDATE of the saga, the INSERT of its log rows and ``with_sql`` as ONE statement
+    (a writable CTE: atomic without a transaction of its own). (whether the version matched, the ids the
+    ``returns`` writes gave back).
 
     Every saga write goes through here, several per checkout; the ORM's UPDATE and ``bulk_create`` were
     two compiled queries and, without ``also``, a BEGIN/COMMIT around them."""
@@ -183,10 +206,15 @@ def _write_saga(saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow
         log_sql, log_params = _log_rows_cte(rows, now)
         sql += ", " + log_sql
         params += log_params
-    sql += " SELECT count(*) FROM s"
+    for n, extra in enumerate(with_sql):
+        sql += f", a{n} AS ({extra.sql})"
+        params += extra.params
+    returned = [f"(SELECT id FROM a{n})" for n, extra in enumerate(with_sql) if extra.returns]
+    sql += " SELECT " + ", ".join(["(SELECT count(*) FROM s)", *returned])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0] == 1
+        row = cursor.fetchone()
+    return row[0] == 1, list(row[1:])
 
 
 def _about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
@@ -690,7 +718,7 @@ def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bo
             # Every caller confirms a paid saga next: "about to confirm" rides on "charge done".
             logs.append(("confirm", ABOUT_TO, None))
             fields = {"step": "confirm", "step_status": ABOUT_TO}
-        _save(saga, logs=logs, state=S.PAID, next_action=None, also=_order_paid(saga, intent), **fields)
+        _save(saga, logs=logs, state=S.PAID, next_action=None, with_sql=[_order_paid(saga, intent)], **fields)
     elif intent.requires_action:
         _done(
             saga,
@@ -742,19 +770,23 @@ def _order_payment(order_pk: int | None, intent: IntentResult) -> Callable[[], N
     return sync
 
 
-def _order_paid(saga: CheckoutSaga, intent: IntentResult) -> Callable[[], None]:
-    def paid() -> None:
-        # One UPDATE: awaiting_payment → paid (never backwards), and the payment status unless refunded.
-        Order.objects.filter(pk=saga.order_id).update(
-            status=Case(When(status=Order.Status.AWAITING_PAYMENT, then=Value(Order.Status.PAID)), default=F("status")),
-            payment_status=Case(
-                When(payment_status=Order.PaymentStatus.REFUNDED, then=F("payment_status")),
-                default=Value(intent.status),
-            ),
-            updated_at=timezone.now(),
-        )
-
-    return paid
+def _order_paid(saga: CheckoutSaga, intent: IntentResult) -> _Also:
+    """In the saga's statement: awaiting_payment → paid (never backwards), and the payment status unless
+    refunded."""
+    table = connection.ops.quote_name(Order._meta.db_table)
+    return _Also(
+        f"UPDATE {table} SET status = CASE WHEN status = %s THEN %s ELSE status END, "  # noqa: S608
+        "payment_status = CASE WHEN payment_status = %s THEN payment_status ELSE %s END, updated_at = %s "
+        "WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
+        [
+            Order.Status.AWAITING_PAYMENT.value,
+            Order.Status.PAID.value,
+            Order.PaymentStatus.REFUNDED.value,
+            intent.status,
+            timezone.now(),
+            saga.order_id,
+        ],
+    )
 
 
 def _step_confirm(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
@@ -770,15 +802,38 @@ def _step_confirm(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
             _fail_and_compensate(saga, "confirm", exc, to=S.FAILED)
             return
 
-    def confirm() -> None:
-        Order.objects.filter(pk=saga.order_id).update(status=Order.Status.CONFIRMED, updated_at=timezone.now())
-        event = Outbox.objects.create(
-            event_type="order.confirmed",
-            payload={"checkoutId": saga.public_id, "orderId": saga.order.public_id},
-        )
-        transaction.on_commit(lambda: _enqueue_outbox(event.pk))
-
-    _done(saga, "confirm", state=S.CONFIRMED, also=confirm, **(_UNLEASE if release_lease else {}))
+    # The order confirmed and its outbox event, in the saga's "confirm done" statement.
+    now = timezone.now()
+    quote = connection.ops.quote_name
+    payload = Outbox._meta.get_field("payload").get_db_prep_save(
+        {"checkoutId": saga.public_id, "orderId": saga.order.public_id}, connection
+    )
+    writes = [
+        _Also(
+            f"UPDATE {quote(Order._meta.db_table)} SET status = %s, updated_at = %s "  # noqa: S608
+            "WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
+            [Order.Status.CONFIRMED.value, now, saga.order_id],
+        ),
+        _Also(
+            f"INSERT INTO {quote(Outbox._meta.db_table)} "  # noqa: S608
+            "(event_type, payload, created_at, processed_at, attempts, last_error) "
+            "SELECT %s, %s, %s, NULL, 0, '' FROM s RETURNING id",
+            ["order.confirmed", payload, now],
+            returns=True,
+        ),
+    ]
+    _crash_point("confirm:after")
+    [outbox_id] = _save(
+        saga,
+        log_step="confirm",
+        outcome=DONE,
+        step="confirm",
+        step_status=DONE,
+        state=S.CONFIRMED,
+        with_sql=writes,
+        **(_UNLEASE if release_lease else {}),
+    )
+    transaction.on_commit(lambda: _enqueue_outbox(outbox_id))
     flash_tokens_consume(holder=saga.public_id)  # sold: the sweeper consumes them if we crash before this
     log.info("checkout_confirmed", checkout_id=saga.public_id, order_id=saga.order.public_id)
 
@@ -866,7 +921,7 @@ def _compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = "
                     step="charge",
                     step_status=DONE,
                     state=S.PAID,
-                    also=_order_paid(saga, intent),
+                    with_sql=[_order_paid(saga, intent)],
                 )
                 _step_confirm(saga)
                 return

@@ -31,11 +31,13 @@ BUDGETS = {
     # INSERT in a writable CTE, orders/saga.py _write_saga), 17 before the saga INSERT became one statement
     # too and a new checkout stopped looking up reservations its fresh id cannot have.
     "checkout_start": 13,
-    # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm",
-    # the commit of the hold, "confirm done" + outbox + lease release, the fresh order read. Was 41,
+    # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm" + the
+    # order paid (one statement), the commit of the hold (its own short transaction), "confirm done" + the
+    # order confirmed + outbox + lease release (one statement), the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3), 26 before each saga write became one
-    # statement, 21 before the lease was taken on the saga the view had just read (no second read).
-    "checkout_confirm": 20,
+    # statement, 21 before the lease was taken on the saga the view had just read (no second read), 20 before
+    # "charge done" and "confirm done" carried their order UPDATE and outbox INSERT in the saga's statement.
+    "checkout_confirm": 13,
     "checkout_start_sold_out": 0,
 }
 
