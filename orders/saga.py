@@ -581,22 +581,22 @@ def _step_create_payment_intent(saga: CheckoutSaga, *, release_lease: bool = Fal
         _fail_and_compensate(saga, "create_payment_intent", exc, to=S.FAILED)
         raise
 
-    def link() -> None:
-        Order.objects.filter(pk=order.pk).update(
-            payment_intent_id=intent.intent_id, payment_status=intent.status, updated_at=timezone.now()
-        )
-        order.payment_intent_id, order.payment_status = intent.intent_id, intent.status
-
+    link = _Also(  # the order learns its PaymentIntent in the saga's "done" statement
+        f"UPDATE {connection.ops.quote_name(Order._meta.db_table)} "  # noqa: S608
+        "SET payment_intent_id = %s, payment_status = %s, updated_at = %s WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
+        [intent.intent_id, intent.status, timezone.now(), order.pk],
+    )
     _done(
         saga,
         "create_payment_intent",
-        also=link,
+        with_sql=[link],
         details={"intent": intent.intent_id},
         payment_intent_id=intent.intent_id,
         client_secret=intent.client_secret or "",
         state=S.AWAITING_PAYMENT,
         **(_UNLEASE if release_lease else {}),
     )
+    order.payment_intent_id, order.payment_status = intent.intent_id, intent.status
 
 
 def _compensate_cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
