@@ -123,29 +123,51 @@ def _save(
     logs: list[LogRow] | None = None,
     also: Callable[[], dict[str, Any] | None] | None = None,
     with_sql: list[_Also] | None = None,
+    before: _Before | None = None,
     **fields: Any,
 ) -> list[Any]:
     """One short transaction: ``also()`` (extra writes, may return more fields), the version-checked
     UPDATE of the saga (renewing the lease), its log rows (``logs`` then ``log_step``) and ``with_sql``
-    (more writes in the same statement, done only if the version matched; returns what they return).
-    Raises CheckoutInProgress if the version moved."""
+    (more writes in the same statement, done only if the version matched), after ``before`` (writes the
+    saga's UPDATE may refer to, undone with the transaction if the version moved). Returns what
+    ``before`` and then ``with_sql`` return. Raises CheckoutInProgress if the version moved."""
     now = timezone.now()
     rows: list[LogRow] = list(logs or ())
     if log_step:
         rows.append((log_step, outcome, details))
-    with transaction.atomic() if also else contextlib.nullcontext():
+    with transaction.atomic() if also or before else contextlib.nullcontext():
         extra = also() if also else None
         if extra:
             fields.update(extra)
         if saga.lease_owner and "lease_owner" not in fields:
             fields["lease_expires_at"] = now + _lease()
-        matched, returned = _write_saga_returning(saga, fields=fields, rows=rows, now=now, with_sql=with_sql or [])
+        matched, returned = _write_saga_returning(
+            saga, fields=fields, rows=rows, now=now, with_sql=with_sql or [], before=before
+        )
         if not matched:
             raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
     saga.version += 1
     for name, value in fields.items():
-        setattr(saga, name, value)
+        if not isinstance(value, _SqlValue):
+            setattr(saga, name, value)
     return returned
+
+
+@dataclass(frozen=True)
+class _Before:
+    """CTEs written ahead of the saga's UPDATE ``s``, which may refer to them (through a
+    :class:`_SqlValue`); ``returning``: SQL expressions whose values come back."""
+
+    sql: str
+    params: list[Any]
+    returning: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _SqlValue:
+    """A saga field set to an SQL expression in the saga's UPDATE (e.g. the id a ``_Before`` inserted)."""
+
+    expr: str
 
 
 @dataclass(frozen=True)
@@ -181,7 +203,13 @@ def _write_saga(saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow
 
 
 def _write_saga_returning(
-    saga: CheckoutSaga, *, fields: dict[str, Any], rows: list[LogRow], now: datetime, with_sql: list[_Also]
+    saga: CheckoutSaga,
+    *,
+    fields: dict[str, Any],
+    rows: list[LogRow],
+    now: datetime,
+    with_sql: list[_Also],
+    before: _Before | None = None,
 ) -> tuple[bool, list[Any]]:
     """The version-checked UPDATE of the saga, the INSERT of its log rows and ``with_sql`` as ONE statement
     (a writable CTE: atomic without a transaction of its own). (whether the version matched, the ids the
@@ -193,12 +221,17 @@ def _write_saga_returning(
     sets, params = [f"{quote('version')} = {quote('version')} + 1", f"{quote('updated_at')} = %s"], [now]
     for name, value in fields.items():
         field = CheckoutSaga._meta.get_field(name)
+        if isinstance(value, _SqlValue):
+            sets.append(f"{quote(field.column)} = {value.expr}")
+            continue
         if field.is_relation:
             value = getattr(value, "pk", value)
         sets.append(f"{quote(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
+    head, head_params = (f"{before.sql}, ", before.params) if before else ("", [])
+    params = head_params + params
     sql = (
-        f"WITH s AS (UPDATE {quote(CheckoutSaga._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608 - names from _meta
+        f"WITH {head}s AS (UPDATE {quote(CheckoutSaga._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608 - names from _meta
         f"WHERE {quote('id')} = %s AND {quote('version')} = %s RETURNING {quote('id')})"
     )
     params += [saga.pk, saga.version]
@@ -209,7 +242,10 @@ def _write_saga_returning(
     for n, extra in enumerate(with_sql):
         sql += f", a{n} AS ({extra.sql})"
         params += extra.params
-    returned = [f"(SELECT id FROM a{n})" for n, extra in enumerate(with_sql) if extra.returns]
+    returned = [
+        *(before.returning if before else ()),
+        *(f"(SELECT id FROM a{n})" for n, extra in enumerate(with_sql) if extra.returns),
+    ]
     sql += " SELECT " + ", ".join(["(SELECT count(*) FROM s)", *returned])
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -518,39 +554,58 @@ def _step_create_order(saga: CheckoutSaga, *, reserved: _Reserved | None = None)
         _crash_point("create_order:before")
     _crash_point("create_order:after")  # the order and "done" commit together: a crash here left no order
 
-    def create() -> dict[str, Any]:
-        subtotal = sum(line["unit_price"] * line["quantity"] for line in saga.lines)
-        order = Order.objects.create(
-            user_id=saga.user_id,
-            email=saga.email,
-            cart_key=saga.cart_key,
-            cart_token_hash=saga.cart_token_hash,
-            currency=saga.currency,
-            subtotal=subtotal,
-            total=subtotal,
-        )
-        OrderLine.objects.bulk_create(
-            OrderLine(
-                order=order,
-                product_id=line["product_id"],
-                sku=line["sku"],
-                name=line["name"],
-                unit_price=line["unit_price"],
-                quantity=line["quantity"],
-                line_total=line["unit_price"] * line["quantity"],
-            )
-            for line in saga.lines
-        )
-        return {"order": order}
-
-    # The order, "create_order done" and "about to create the PaymentIntent" commit together (after a
-    # reserve in this process, with "reserve done" first: the step trail reads as before).
+    # The order, its lines, "create_order done" and "about to create the PaymentIntent" in one statement
+    # (after a reserve in this process, with "reserve done" first: the step trail reads as before). The
+    # order is built by Django's field code (defaults, public id), inserted ahead of the saga's UPDATE,
+    # and undone with the transaction if the saga's version moved.
+    subtotal = sum(line["unit_price"] * line["quantity"] for line in saga.lines)
+    order = Order(
+        user_id=saga.user_id,
+        email=saga.email,
+        cart_key=saga.cart_key,
+        cart_token_hash=saga.cart_token_hash,
+        currency=saga.currency,
+        subtotal=subtotal,
+        total=subtotal,
+    )
     logs: list[LogRow] = [("create_order", DONE, None), ("create_payment_intent", ABOUT_TO, None)]
     more: dict[str, Any] = {}
     if reserved is not None:
         logs[:0] = [("reserve", DONE, {"units": reserved.units}), ("create_order", ABOUT_TO, None)]
         more["expires_at"] = reserved.expires_at
-    _save(saga, logs=logs, step="create_payment_intent", step_status=ABOUT_TO, also=create, **more)
+    [order.pk] = _save(
+        saga,
+        logs=logs,
+        step="create_payment_intent",
+        step_status=ABOUT_TO,
+        before=_order_insert(order, saga.lines),
+        order=_SqlValue("(SELECT id FROM o)"),
+        **more,
+    )
+    order._state.adding, order._state.db = False, connection.alias
+    saga.order = order
+
+
+def _order_insert(order: Order, lines: list[dict[str, Any]]) -> _Before:
+    """CTEs ``o`` (the order) and ``ol`` (its lines) for the saga's statement; returns the order id."""
+    quote = connection.ops.quote_name
+    fields = [f for f in Order._meta.concrete_fields if not f.primary_key]
+    params: list[Any] = [f.get_db_prep_save(f.pre_save(order, True), connection) for f in fields]
+    for line in lines:
+        params += [
+            line["product_id"], line["sku"], line["name"], line["unit_price"], line["quantity"],
+            line["unit_price"] * line["quantity"],
+        ]  # fmt: skip
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(lines))
+    sql = (
+        f"o AS (INSERT INTO {quote(Order._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id), "
+        f"ol AS (INSERT INTO {quote(OrderLine._meta.db_table)} "  # noqa: S608
+        "(order_id, product_id, sku, name, unit_price, quantity, line_total) "
+        f"SELECT o.id, v.* FROM o CROSS JOIN (VALUES {values}) "
+        "AS v(product_id, sku, name, unit_price, quantity, line_total))"
+    )
+    return _Before(sql, params, returning=("(SELECT id FROM o)",))
 
 
 def _compensate_cancel_order(saga: CheckoutSaga) -> None:

@@ -192,8 +192,6 @@ def test_a_new_holder_that_is_not_new_still_holds_nothing_twice(make_product):
     a, b = make_product(5), make_product(5)
     reservation_reserve(lines=[ReserveLine(a.id, 2)], holder="co_new")
     held = reservation_reserve(lines=[ReserveLine(a.id, 2), ReserveLine(b.id, 1)], holder="co_new", new_holder=True)
-    assert sorted((r.product_id, r.quantity, r.status) for r in held) == sorted(
-        [(a.id, 2, "HELD"), (b.id, 1, "HELD")]
-    )
+    assert sorted((r.product_id, r.quantity, r.status) for r in held) == sorted([(a.id, 2, "HELD"), (b.id, 1, "HELD")])
     assert stock_of(a) == (5, 2) and stock_of(b) == (5, 1)
     assert Reservation.objects.filter(holder="co_new").count() == 2
