@@ -14,11 +14,14 @@
 Rules every step follows:
 
 - Persist "about to" (``step_status = about_to``) before the side effect, "done" after it; each is a
-  version-checked UPDATE (``WHERE version = ?``) plus its SagaStep log rows in one short transaction.
-  Where one step's "done" is followed at once by the next step's "about to", both ride in one write
-  (the saga is inserted already "about to reserve"; "reserve done" carries "about to create the order";
-  the order's INSERT carries "about to create the PaymentIntent"; "charge done" carries "about to
-  confirm"), and the last write of a request also releases the lease: fewer transactions, same rule.
+  version-checked UPDATE (``WHERE version = ?``) plus its SagaStep log rows in ONE statement (a writable
+  CTE, :func:`_write_saga_returning`), which may carry the step's own database writes (the order, its
+  status, the outbox event), guarded so they happen only if the version matched. Where one step's "done"
+  is followed at once by the next step's "about to", both ride in one write (the saga is inserted
+  already "about to reserve"; "reserve done" is written with the order, which carries "about to create
+  the PaymentIntent"; "charge done" carries "about to confirm"), and the last write of a request also
+  releases the lease: fewer statements, same rule. (A crash between the reserve and the order leaves
+  "about to reserve": reserving again for the same holder holds nothing twice.)
 - A process drives a saga only while it holds the saga's lease (``lease_owner``/``lease_expires_at``,
   taken with a version-checked UPDATE and renewed by every save). A lost version check raises
   :class:`~orders.errors.CheckoutInProgress`: two processes never both drive one saga.
