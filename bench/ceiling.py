@@ -90,7 +90,8 @@ def _psycopg_worker(db_url: str, sql: list[str], seconds: float, barrier, out) -
     out.put(n)
 
 
-def _psycopg(db_url: str, script: str, clients: int, seconds: float) -> dict[str, Any]:
+def psycopg_rate(db_url: str, script: str, clients: int, seconds: float) -> dict[str, Any]:
+    """A pgbench script's statements run by ``clients`` psycopg processes for ``seconds`` (pgbench missing)."""
     sql = [s for s in script.split(";\n") if s.strip() and not s.startswith("\\set")]
     sql = [s.split("\n", 1)[1] if s.startswith("\\set") else s for s in sql]
     ctx = mp.get_context("fork")
@@ -109,7 +110,7 @@ def _psycopg(db_url: str, script: str, clients: int, seconds: float) -> dict[str
 
 def postgres_ceilings(db_url: str, *, clients: int = 64, seconds: float = 5.0) -> dict[str, dict[str, Any]]:
     prepare(db_url)
-    runner = _pgbench if shutil.which("pgbench") else _psycopg
+    runner = _pgbench if shutil.which("pgbench") else psycopg_rate
     results = {}
     for name, script in SCRIPTS.items():
         results[name] = runner(db_url, script, clients, seconds)

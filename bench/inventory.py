@@ -164,32 +164,12 @@ def _ceiling_pgbench(url: str, stock_id: int, clients: int, seconds: float) -> d
     return {"rate": tps, "lat": float(avg.group(1)) if avg else float("nan"), "tool": "pgbench"}
 
 
-def _ceiling_worker(url: str, stock_id: int, seconds: float, barrier, out) -> None:  # noqa: ANN001
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        sql = _UPDATE.format(sid=int(stock_id))
-        barrier.wait()
-        end, n = time.perf_counter() + seconds, 0
-        while time.perf_counter() < end:
-            conn.execute(sql)
-            n += 1
-    out.put(n)
-
-
 def _ceiling_psycopg(url: str, stock_id: int, clients: int, seconds: float) -> dict:
-    ctx = mp.get_context("fork")
-    barrier, out = ctx.Barrier(clients + 1), ctx.Queue()
-    procs = [ctx.Process(target=_ceiling_worker, args=(url, stock_id, seconds, barrier, out)) for _ in range(clients)]
-    for p in procs:
-        p.start()
-    barrier.wait()
-    started = time.perf_counter()
-    total = sum(out.get(timeout=seconds + 60) for _ in procs)
-    elapsed = time.perf_counter() - started
-    for p in procs:
-        p.join()
-    return {"rate": total / elapsed, "lat": clients * 1000 / (total / elapsed), "tool": "psycopg"}
+    """The same UPDATE from psycopg processes when pgbench is missing (bench/ceiling.py's fallback)."""
+    from bench.ceiling import psycopg_rate
+
+    result = psycopg_rate(url, _UPDATE.format(sid=int(stock_id)), clients, seconds)
+    return {"rate": result["rate"], "lat": result["avg_ms"], "tool": result["tool"]}
 
 
 def main(argv: list[str]) -> int:
