@@ -53,7 +53,10 @@ if not SECRET_KEY:
     else:
         from django.core.exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off. For local work set CARTFLOW_DEV=1 "
+            "(`make run` writes it to the git-ignored .env, which manage.py reads too)."
+        )
 
 # DJANGO_ALLOWED_HOSTS: comma-separated.
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
