@@ -55,7 +55,8 @@ def prepare(db_url: str) -> None:
         conn.execute(SETUP_SQL)
 
 
-def _pgbench(db_url: str, script: str, clients: int, seconds: float) -> dict[str, Any]:
+def pgbench_rate(db_url: str, script: str, clients: int, seconds: float) -> dict[str, Any]:
+    """A pgbench script run by ``clients`` connections for ``seconds`` against the database in ``db_url``."""
     parts = urlsplit(db_url)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
@@ -110,7 +111,7 @@ def psycopg_rate(db_url: str, script: str, clients: int, seconds: float) -> dict
 
 def postgres_ceilings(db_url: str, *, clients: int = 64, seconds: float = 5.0) -> dict[str, dict[str, Any]]:
     prepare(db_url)
-    runner = _pgbench if shutil.which("pgbench") else psycopg_rate
+    runner = pgbench_rate if shutil.which("pgbench") else psycopg_rate
     results = {}
     for name, script in SCRIPTS.items():
         results[name] = runner(db_url, script, clients, seconds)

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import re
 import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -143,25 +140,11 @@ _UPDATE = (
 
 
 def _ceiling_pgbench(url: str, stock_id: int, clients: int, seconds: float) -> dict:
-    parts = urlsplit(url)
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(_UPDATE.format(sid=":sid") + ";\n")
-        script = f.name
-    env = dict(os.environ)
-    if parts.password:
-        env["PGPASSWORD"] = parts.password
-    cmd = [
-        "pgbench", "-n", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
-        "-U", parts.username or "postgres", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
-        "-T", str(max(1, round(seconds))), "-D", f"sid={stock_id}", "-f", script, "-r", BENCH_DB,
-    ]  # fmt: skip
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    finally:
-        os.unlink(script)
-    tps = float(re.search(r"tps = ([\d.]+)", res.stdout).group(1))
-    avg = re.search(r"latency average = ([\d.]+) ms", res.stdout)
-    return {"rate": tps, "lat": float(avg.group(1)) if avg else float("nan"), "tool": "pgbench"}
+    """pgbench running the same UPDATE (bench/ceiling.py's runner)."""
+    from bench.ceiling import pgbench_rate
+
+    result = pgbench_rate(url, _UPDATE.format(sid=int(stock_id)) + ";\n", clients, seconds)
+    return {"rate": result["rate"], "lat": result["avg_ms"], "tool": result["tool"]}
 
 
 def _ceiling_psycopg(url: str, stock_id: int, clients: int, seconds: float) -> dict:
