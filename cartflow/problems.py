@@ -176,6 +176,21 @@ _TYPES = [
         retry_after=True,
     ),
     ProblemType(
+        "payment_provider_busy",
+        503,
+        "Payment provider busy",
+        "CartFlow's shared budget of Stripe calls is spent for now; nothing was charged and the reservation is "
+        "kept. Retry the same request after `Retry-After` seconds.",
+        retry_after=True,
+    ),
+    ProblemType(
+        "payment_method_invalid",
+        400,
+        "Payment method invalid",
+        "The payment method or confirmation token is unknown or cannot be used; this is not a decline. "
+        "Send another one.",
+    ),
+    ProblemType(
         "payment_provider_unavailable",
         503,
         "Payment provider unavailable",

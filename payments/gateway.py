@@ -83,6 +83,28 @@ class PaymentTransientError(DomainError):
         self.stripe_code: str | None = None
 
 
+class PaymentProviderBusy(DomainError):
+    """The shared Stripe budget had no token within the wait: NOTHING WAS SENT to Stripe, so nothing happened.
+
+    Raised before the request leaves this process; the caller keeps its state (the reservation stays held)
+    and the buyer may retry the same request after ``retry_after`` seconds.
+    """
+
+    code = "payment_provider_busy"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = 1, **kwargs: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **kwargs)
+
+
+class PaymentMethodInvalid(DomainError):
+    """Stripe refused the payment method or confirmation token itself (unknown, detached, unusable).
+
+    A client error, not a decline: the intent is left as it was and the buyer may send another method.
+    """
+
+    code = "payment_method_invalid"
+
+
 class PaymentPermanentError(Exception):
     """Stripe refused the request as invalid (other than the known state races): a bug, surface it."""
 
