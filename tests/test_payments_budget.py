@@ -183,6 +183,23 @@ def test_a_busy_confirm_is_503_with_retry_after_nothing_charged_and_the_hold_kep
     invariants_hold()
 
 
+def test_no_token_for_a_retry_after_an_unanswered_request_is_transient_not_busy(stripe_emulator, settings):
+    """Once a request of the call went out unanswered (a 500 that stripe-python retries), "nothing was sent"
+    no longer holds: running out of budget then is PaymentTransientError (outcome unknown), not busy."""
+    from payments.gateway import PaymentTransientError
+
+    settings.STRIPE_MAX_NETWORK_RETRIES = 2
+    settings.CARTFLOW_STRIPE_RATE = 0.2
+    settings.CARTFLOW_STRIPE_WAIT_SECONDS = 0.3
+    intent = stripe_emulator.client().v1.payment_intents.create(params={"amount": 500, "currency": "usd"}).id
+    stripe_budget.spend()  # 1 token left: the first request gets it, stripe-python's retry does not
+    stripe_emulator.add_fault(CONFIRM, "http_500", times=1)
+    seen = _count_requests(stripe_emulator)
+    with pytest.raises(PaymentTransientError):
+        payment_intent_confirm(order_id=_order(), intent_id=intent, payment_method="pm_card_visa", attempt=0)
+    assert _seen(stripe_emulator, seen) == 1
+
+
 # --- priorities ------------------------------------------------------------------------------------------
 
 
