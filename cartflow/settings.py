@@ -286,6 +286,13 @@ STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "" if STRIPE_SEC
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
 STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
 STRIPE_TIMEOUT_SECONDS = env_float("STRIPE_TIMEOUT_SECONDS", 10.0)
+# CARTFLOW_STRIPE_RATE: requests per second to Stripe shared by every process (payments/budget.py); 0 means
+# unlimited. With a key the default is 20: under Stripe's sandbox limit of 25/s (live mode allows 100/s),
+# leaving room for the Dashboard and the CLI on the same account. The emulator has no limit: 0 without a key.
+CARTFLOW_STRIPE_RATE = env_float("CARTFLOW_STRIPE_RATE", 20.0 if STRIPE_SECRET_KEY else 0.0)
+# CARTFLOW_STRIPE_WAIT_SECONDS: how long a buyer's Stripe call waits for the budget before 503
+# payment_provider_busy (nothing sent); background calls wait longer (payments/budget.py).
+CARTFLOW_STRIPE_WAIT_SECONDS = env_float("CARTFLOW_STRIPE_WAIT_SECONDS", 2.0)
 # Webhook processing: retries (exponential backoff from the base, capped at 600 s) before an event is parked.
 CARTFLOW_WEBHOOK_MAX_RETRIES = env_int("CARTFLOW_WEBHOOK_MAX_RETRIES", 8)
 CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS = env_float("CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS", 2.0)

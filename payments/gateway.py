@@ -12,7 +12,9 @@ transaction *after* the network call: no Stripe call ever runs inside a database
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +22,7 @@ import stripe
 import structlog
 from django.conf import settings
 from django.db import connection
+from prometheus_client import Counter
 
 from cartflow.problems import DomainError
 
@@ -113,6 +116,66 @@ class PaymentPermanentError(Exception):
         self.stripe_code = stripe_code
 
 
+# --- the one door to Stripe: every HTTP request spends the shared budget; a 429 is retried here ---
+
+RATE_LIMIT_RETRIES = 3  # after this many 429s in a row: PaymentProviderBusy (nothing happened at Stripe)
+RATE_LIMIT_BACKOFF_SECONDS = (0.25, 2.0)  # first backoff and cap; doubled each time, jittered to 50-100 %
+
+
+class _BudgetedHTTPClient(stripe.RequestsClient):
+    """stripe-python's HTTP client with the budget (payments/budget.py) in front of each request it sends.
+
+    Every request, stripe-python's own retries included, first spends one token; no token within the wait
+    raises PaymentProviderBusy before the request leaves. A 429 (Stripe's rate limiter: the request was not
+    performed) is sent again here, the same request with the same idempotency key, after a jittered
+    exponential backoff, at most ``RATE_LIMIT_RETRIES`` times, then PaymentProviderBusy. stripe-python's
+    loop retries connection errors, 409 and 5xx but a 429 only when Stripe adds ``Stripe-Should-Retry: true``
+    (``_should_retry`` in stripe/_http_client.py); it never sees a 429 that this loop is still retrying.
+
+    Once a request of the same call went out and got no definite answer (a connection error, a 5xx that
+    stripe-python retries), the outcome is unknown: running out of budget or of 429 retries then ends as a
+    connection error (PaymentTransientError), never as PaymentProviderBusy, which promises nothing happened.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._call = threading.local()
+
+    def request_with_retries(self, *args: Any, **kwargs: Any) -> Any:
+        self._call.unsure = False  # a new call: nothing of it has reached Stripe yet
+        return super().request_with_retries(*args, **kwargs)
+
+    def request(self, method: str, url: str, headers: Any, post_data: Any = None) -> Any:
+        from payments import budget
+
+        for retry in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                budget.spend()
+            except PaymentProviderBusy as exc:
+                if getattr(self._call, "unsure", False):
+                    raise stripe.APIConnectionError(f"{exc.detail} (after an unanswered request)") from exc
+                raise
+            try:
+                response = super().request(method, url, headers, post_data)
+            except stripe.APIConnectionError:
+                self._call.unsure = True
+                raise
+            if response[1] != 429:
+                self._call.unsure = response[1] >= 500 or response[1] == 409
+                return response
+            _RATE_LIMITED.inc()
+            if retry < RATE_LIMIT_RETRIES:
+                first, cap = RATE_LIMIT_BACKOFF_SECONDS
+                time.sleep(min(cap, first * 2**retry) * random.uniform(0.5, 1.0))
+        if getattr(self._call, "unsure", False):
+            return response  # stripe-python raises RateLimitError: PaymentTransientError, outcome unknown
+        log.warning("stripe_rate_limited", url=url, attempts=RATE_LIMIT_RETRIES + 1)
+        raise PaymentProviderBusy("Stripe kept answering 429 (rate limit) and performed none of these requests.")
+
+
+_RATE_LIMITED = Counter("cartflow_stripe_rate_limited_total", "429 answers from Stripe (each one retried or busy).")
+
+
 # --- the client: built lazily, once per process and configuration ---
 
 _clients: dict[tuple, stripe.StripeClient] = {}
@@ -136,7 +199,7 @@ def _client() -> stripe.StripeClient:
                     api_key,
                     base_addresses={"api": api_base} if api_base else None,
                     max_network_retries=retries,
-                    http_client=stripe.RequestsClient(timeout=timeout),
+                    http_client=_BudgetedHTTPClient(timeout=timeout),
                 )
                 _clients[config] = client
     return client

@@ -20,10 +20,12 @@ from datetime import datetime
 
 import structlog
 
+from payments import budget as stripe_budget
 from payments.gateway import (
     CANCELABLE,
     IntentResult,
     PaymentPermanentError,
+    PaymentProviderBusy,
     PaymentTransientError,
     payment_intent_cancel,
     payment_intent_retrieve,
@@ -95,6 +97,7 @@ class ReconcileReport:
         return [asdict(r) for r in self.rows]
 
 
+@stripe_budget.background()  # its Stripe calls yield to buyers' calls (payments/budget.py)
 def payments_reconcile(*, since: datetime | None = None, payment_ids: list[int] | None = None) -> ReconcileReport:
     """Check every Payment updated since ``since`` (all without it) against Stripe; repair and report."""
     report = ReconcileReport()
@@ -114,6 +117,10 @@ def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
     row = ReconcileRow(payment.order_id, payment.intent_id, payment.status, "")
     try:
         intent = payment_intent_retrieve(intent_id=payment.intent_id)
+    except PaymentProviderBusy:
+        row.drift.append("unverified")  # buyers' calls had the whole Stripe budget: the next run checks it
+        row.actions.append("skipped: Stripe budget busy")
+        return row
     except (PaymentTransientError, PaymentPermanentError) as exc:
         row.drift.append("unverified")
         row.actions.append(f"could not read Stripe: {exc}")
@@ -178,7 +185,7 @@ def _settle_cancelled_order(row: ReconcileRow, payment: Payment, intent: IntentR
             return intent
         intent = payment_intent_retrieve(intent_id=intent.intent_id)
         payment_sync_from_intent(intent=intent, force=True)
-    except (PaymentTransientError, PaymentPermanentError) as exc:
+    except (PaymentTransientError, PaymentPermanentError, PaymentProviderBusy) as exc:
         row.actions.append(f"repair failed: {exc}")
         row.needs_human = True
     return intent

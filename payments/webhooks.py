@@ -20,7 +20,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from cartflow.problems import DomainError
-from payments.gateway import IntentResult, PaymentTransientError, payment_intent_retrieve
+from payments import budget as stripe_budget
+from payments.gateway import IntentResult, PaymentProviderBusy, PaymentTransientError, payment_intent_retrieve
 from payments.hooks import NotKnownYet, intent_listeners_notify, intent_listeners_settled
 from payments.models import Payment, WebhookEvent
 from payments.services import payment_sync_from_intent
@@ -151,7 +152,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
 # fixtures tell the emulator (``--enabled-events``) to deliver only these, like the enabled_events of a real
 # Stripe webhook endpoint; `manage.py stripe_webhook_events` prints them for scripts.
 HANDLED_EVENT_TYPES: tuple[str, ...] = tuple(HANDLERS)
-RETRYABLE = (PaymentTransientError, NotKnownYet)
+RETRYABLE = (PaymentTransientError, PaymentProviderBusy, NotKnownYet)
 
 
 def _set_status(event_id: str, status: str, error: str = "") -> None:
@@ -161,6 +162,8 @@ def _set_status(event_id: str, status: str, error: str = "") -> None:
     )
 
 
+# Background priority: its Stripe re-fetches yield to buyers' calls in the shared budget (payments/budget.py).
+@stripe_budget.background()
 def webhook_event_process(*, event_id: str, force: bool = False) -> WebhookEvent:
     """Apply one stored event. Already processed/ignored → nothing (unless ``force``).
 
