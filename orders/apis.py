@@ -297,6 +297,7 @@ class CheckoutCancelApi(CheckoutApiBase):
                 "checkout_not_found",
                 "checkout_not_cancellable",
                 "checkout_in_progress",
+                "payment_provider_busy",
                 "payment_provider_unavailable",
                 *IDEMPOTENCY_PROBLEMS,
             ),

@@ -24,6 +24,7 @@ from payments.gateway import (
     CANCELABLE,
     IntentResult,
     PaymentPermanentError,
+    PaymentProviderBusy,
     PaymentTransientError,
     payment_intent_cancel,
     payment_intent_retrieve,
@@ -110,10 +111,16 @@ def payments_reconcile(*, since: datetime | None = None, payment_ids: list[int] 
 def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
     """The drift of one payment, repaired; None when there was none."""
     if not payment.intent_id:
-        return None  # no PaymentIntent was ever created for it (or its creation is still being retried)
+        # No PaymentIntent yet: the order has not been paid for (the intent is created when the buyer pays),
+        # or its create-and-confirm lost its answer, which the checkout's recovery replays with the same key.
+        return None
     row = ReconcileRow(payment.order_id, payment.intent_id, payment.status, "")
     try:
         intent = payment_intent_retrieve(intent_id=payment.intent_id)
+    except PaymentProviderBusy:
+        row.drift.append("unverified")
+        row.actions.append("Stripe budget spent: checked on the next run")
+        return row
     except (PaymentTransientError, PaymentPermanentError) as exc:
         row.drift.append("unverified")
         row.actions.append(f"could not read Stripe: {exc}")
@@ -178,7 +185,7 @@ def _settle_cancelled_order(row: ReconcileRow, payment: Payment, intent: IntentR
             return intent
         intent = payment_intent_retrieve(intent_id=intent.intent_id)
         payment_sync_from_intent(intent=intent, force=True)
-    except (PaymentTransientError, PaymentPermanentError) as exc:
+    except (PaymentTransientError, PaymentPermanentError, PaymentProviderBusy) as exc:
         row.actions.append(f"repair failed: {exc}")
         row.needs_human = True
     return intent

@@ -20,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from cartflow.problems import DomainError
-from payments.gateway import IntentResult, PaymentTransientError, payment_intent_retrieve
+from payments.gateway import IntentResult, PaymentProviderBusy, PaymentTransientError, payment_intent_retrieve
 from payments.hooks import NotKnownYet, intent_listeners_notify, intent_listeners_settled
 from payments.models import Payment, WebhookEvent
 from payments.services import payment_sync_from_intent
@@ -151,7 +151,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
 # fixtures tell the emulator (``--enabled-events``) to deliver only these, like the enabled_events of a real
 # Stripe webhook endpoint; `manage.py stripe_webhook_events` prints them for scripts.
 HANDLED_EVENT_TYPES: tuple[str, ...] = tuple(HANDLERS)
-RETRYABLE = (PaymentTransientError, NotKnownYet)
+# The shared Stripe budget being spent (nothing was sent) is as retryable as Stripe being away.
+RETRYABLE = (PaymentTransientError, PaymentProviderBusy, NotKnownYet)
 
 
 def _set_status(event_id: str, status: str, error: str = "") -> None:
