@@ -77,7 +77,12 @@ class CheckoutOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
     lines = CheckoutLineOutputSerializer(many=True)
     reservationExpiresAt = serializers.DateTimeField(source="reservation_expires_at", allow_null=True)  # noqa: N815
-    paymentClientSecret = serializers.CharField(source="payment_client_secret", allow_null=True)  # noqa: N815
+    paymentClientSecret = serializers.CharField(  # noqa: N815
+        source="payment_client_secret",
+        allow_null=True,
+        help_text="The PaymentIntent's client secret (3-D Secure); null until the buyer pays, as the start "
+        "creates no PaymentIntent.",
+    )
     nextAction = serializers.JSONField(source="next_action", allow_null=True, required=False)  # noqa: N815
     paymentStatus = serializers.CharField(source="payment_status")  # noqa: N815
 
