@@ -16,7 +16,14 @@ from cartflow.schema import problem_responses
 from cartflow.throttling import ScopedRedisThrottle
 from orders import saga as saga_services
 from orders.errors import CartEmpty
-from orders.selectors import Caller, checkout_active_for_cart, checkout_get, checkout_view, order_get
+from orders.selectors import (
+    Caller,
+    checkout_active_for_cart,
+    checkout_get,
+    checkout_payment_intent_view,
+    checkout_view,
+    order_get,
+)
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -70,7 +77,12 @@ class CheckoutOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
     lines = CheckoutLineOutputSerializer(many=True)
     reservationExpiresAt = serializers.DateTimeField(source="reservation_expires_at", allow_null=True)  # noqa: N815
-    paymentClientSecret = serializers.CharField(source="payment_client_secret", allow_null=True)  # noqa: N815
+    paymentClientSecret = serializers.CharField(  # noqa: N815
+        source="payment_client_secret",
+        allow_null=True,
+        help_text="The PaymentIntent's client secret (3-D Secure); null until the buyer pays, as the start "
+        "creates no PaymentIntent.",
+    )
     nextAction = serializers.JSONField(source="next_action", allow_null=True, required=False)  # noqa: N815
     paymentStatus = serializers.CharField(source="payment_status")  # noqa: N815
 
@@ -100,8 +112,32 @@ FLASH_TICKET_HEADER = OpenApiParameter(
 
 
 class CheckoutConfirmInputSerializer(serializers.Serializer):
-    paymentMethodId = serializers.CharField(source="payment_method", max_length=255)  # noqa: N815
+    paymentMethodId = serializers.CharField(  # noqa: N815
+        source="payment_method", required=False, max_length=255, help_text="A Stripe PaymentMethod id (pm_…)."
+    )
+    confirmationToken = serializers.CharField(  # noqa: N815
+        source="confirmation_token",
+        required=False,
+        max_length=255,
+        help_text="A Stripe ConfirmationToken id (ctoken_…), instead of paymentMethodId.",
+    )
     checkoutId = serializers.CharField(source="checkout_id", required=False, max_length=40)  # noqa: N815
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if bool(attrs.get("payment_method")) == bool(attrs.get("confirmation_token")):
+            raise serializers.ValidationError(
+                {"paymentMethodId": "Send exactly one of paymentMethodId and confirmationToken."}, code="required"
+            )
+        return attrs
+
+
+class CheckoutPaymentIntentOutputSerializer(serializers.Serializer):
+    paymentIntentId = serializers.CharField(source="payment_intent_id")  # noqa: N815
+    paymentClientSecret = serializers.CharField(  # noqa: N815
+        source="client_secret", help_text="For Stripe.js (confirmPayment / confirmCardPayment)."
+    )
+    amount = serializers.IntegerField(help_text="Minor units.")
+    currency = serializers.CharField()
 
 
 class OrderLineOutputSerializer(serializers.Serializer):
@@ -150,7 +186,6 @@ class CheckoutStartApi(CheckoutApiBase):
                 "product_not_found",
                 "inventory_contention",
                 "checkout_in_progress",
-                "payment_provider_unavailable",
                 *IDEMPOTENCY_PROBLEMS,
                 body=True,
             ),
@@ -185,9 +220,11 @@ class CheckoutConfirmApi(CheckoutApiBase):
             **problem_responses(
                 "checkout_not_found",
                 "payment_declined",
+                "payment_method_invalid",
                 "reservation_expired",
                 "checkout_not_confirmable",
                 "checkout_in_progress",
+                "payment_provider_busy",
                 "payment_provider_unavailable",
                 *IDEMPOTENCY_PROBLEMS,
                 body=True,
@@ -206,9 +243,38 @@ class CheckoutConfirmApi(CheckoutApiBase):
             else checkout_active_for_cart(caller=caller)
         )
         saga = saga_services.checkout_confirm(
-            saga_id=found.pk, payment_method=data.validated_data["payment_method"], loaded=found
+            saga_id=found.pk,
+            payment_method=data.validated_data.get("payment_method"),
+            confirmation_token=data.validated_data.get("confirmation_token"),
+            loaded=found,
         )
         return _render(saga, status=202 if saga.state not in ("confirmed", "fulfilled") else 200)
+
+
+CHECKOUT_ID_PARAMETER = OpenApiParameter("checkout_id", str, OpenApiParameter.PATH, pattern=r"^chk_[a-z2-7]+$")
+
+
+class CheckoutPaymentIntentApi(CheckoutApiBase):
+    @extend_schema(
+        operation_id="checkout_payment_intent",
+        request=None,
+        parameters=[CHECKOUT_ID_PARAMETER],
+        responses={
+            200: CheckoutPaymentIntentOutputSerializer,
+            **problem_responses(
+                "checkout_not_found",
+                "reservation_expired",
+                "checkout_not_confirmable",
+                "checkout_in_progress",
+                "payment_provider_busy",
+                "payment_provider_unavailable",
+            ),
+        },
+    )
+    def post(self, request: Request, checkout_id: str) -> Response:
+        found = checkout_get(checkout_id=checkout_id, caller=_caller(request))
+        saga = saga_services.checkout_payment_intent(saga_id=found.pk, loaded=found)
+        return Response(CheckoutPaymentIntentOutputSerializer(checkout_payment_intent_view(saga=saga)).data)
 
 
 class CheckoutDetailApi(CheckoutApiBase):
@@ -217,7 +283,7 @@ class CheckoutDetailApi(CheckoutApiBase):
     @extend_schema(
         operation_id="checkout_retrieve",
         # The pattern keeps /api/checkout/start and /confirm (POST-only routes) out of this template (fuzzer).
-        parameters=[OpenApiParameter("checkout_id", str, OpenApiParameter.PATH, pattern=r"^chk_[a-z2-7]+$")],
+        parameters=[CHECKOUT_ID_PARAMETER],
         responses={200: CheckoutDetailOutputSerializer, **problem_responses("checkout_not_found")},
     )
     def get(self, request: Request, checkout_id: str) -> Response:
@@ -236,6 +302,7 @@ class CheckoutCancelApi(CheckoutApiBase):
                 "checkout_not_found",
                 "checkout_not_cancellable",
                 "checkout_in_progress",
+                "payment_provider_busy",
                 "payment_provider_unavailable",
                 *IDEMPOTENCY_PROBLEMS,
             ),

@@ -137,6 +137,12 @@ class CheckoutSaga(models.Model):
         max_length=20, blank=True, default="", help_text="Set while compensating: the terminal state it ends in."
     )
     attempt = models.PositiveIntegerField(default=0, help_text="Confirm attempts so far (keys the Stripe call).")
+    charge_params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the current attempt pays with ({'payment_method': …} or {'confirmation_token': …}): "
+        "a lost create-and-confirm is replayed with the same key and the same parameters.",
+    )
     payment_intent_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     client_secret = models.CharField(max_length=255, blank=True, default="")
     next_action = models.JSONField(null=True, blank=True)

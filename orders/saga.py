@@ -4,8 +4,13 @@
     ---------------------  -----------------------------------  ------------------------------------------
     reserve                hold stock for every line            release        (HELD → RELEASED/EXPIRED)
     create_order           Order + OrderLines (same tx as done) cancel_order   (order cancelled; payments told)
-    create_payment_intent  the order's one Stripe PaymentIntent cancel_payment_intent
-    charge                 confirm the PI with a payment method refund         (when the PI had succeeded)
+                           — the start ends here, awaiting_payment: no Stripe call —
+    create_payment_intent  (only for ``/payment-intent``: the   cancel_payment_intent (only if one exists)
+                           storefront confirms with Stripe.js)
+                           the order's one PI, unconfirmed
+    charge                 attempt 1 without an intent: create  refund         (when the PI had succeeded)
+                           AND confirm the order's one PI in
+                           one call; otherwise confirm that PI
     confirm                commit the hold, order confirmed,    —  (a confirmed order is never compensated)
                            outbox event order.confirmed
     fulfil                 (outbox consumer) order fulfilled,   —
@@ -18,8 +23,8 @@ Rules every step follows:
   CTE, :func:`_write_saga_returning`), which may carry the step's own database writes (the order, its
   status, the outbox event), guarded so they happen only if the version matched. Where one step's "done"
   is followed at once by the next step's "about to", both ride in one write (the saga is inserted
-  already "about to reserve"; "reserve done" is written with the order, which carries "about to create
-  the PaymentIntent"; "charge done" carries "about to confirm"), and the last write of a request also
+  already "about to reserve"; "reserve done" is written with the order, which ends the start in
+  ``awaiting_payment``; "charge done" carries "about to confirm"), and the last write of a request also
   releases the lease: fewer statements, same rule. (A crash between the reserve and the order leaves
   "about to reserve": reserving again for the same holder holds nothing twice.)
 - A process drives a saga only while it holds the saga's lease (``lease_owner``/``lease_expires_at``,
@@ -27,7 +32,12 @@ Rules every step follows:
   :class:`~orders.errors.CheckoutInProgress`: two processes never both drive one saga.
 - Never a Stripe or Redis call inside a database transaction.
 - A Stripe outcome that is unknown (timeout, lost response) makes the step ``indeterminate``; only the
-  PaymentIntent retrieved from Stripe settles it (:func:`_settle_charge`).
+  PaymentIntent as Stripe has it settles it (:func:`_settle_charge`). An order has at most one
+  PaymentIntent: while a create may have reached Stripe (``create_payment_intent`` or a first ``charge``
+  not settled), nothing creates another; the same create is replayed with the same idempotency key (and,
+  for a create-and-confirm, the same ``charge_params``), which returns the intent the first one made.
+- :class:`~payments.gateway.PaymentProviderBusy` (the shared Stripe budget had no token) means nothing
+  was sent: the step is marked failed with no decline and no compensation, the checkout stays open.
 - Compensation runs in reverse order and every undo is safe to run twice; before refunding it re-reads
   the saga in case another attempt already completed the order (Medusa #13301).
 - A crash leaves the lease to lapse; ``recover_sagas`` (:func:`saga_recover`) resumes from what was
@@ -75,11 +85,14 @@ from orders.errors import (
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep, new_checkout_id
 from payments.gateway import (
     IntentResult,
+    PaymentMethodInvalid,
     PaymentPermanentError,
+    PaymentProviderBusy,
     PaymentTransientError,
     payment_intent_cancel,
     payment_intent_confirm,
     payment_intent_create,
+    payment_intent_create_and_confirm,
     payment_intent_retrieve,
     refund_create,
 )
@@ -341,7 +354,7 @@ def _driving(saga_id: int, *, wait: float = 0.0, loaded: CheckoutSaga | None = N
     _release_lease(saga)
 
 
-# --- start: reserve → create_order → create_payment_intent --------------------------------------------
+# --- start: reserve → create_order (no Stripe call) ----------------------------------------------------
 
 
 def _priced_lines(lines: tuple) -> tuple[list[dict[str, Any]], str]:
@@ -532,9 +545,7 @@ def _run_start(saga: CheckoutSaga, *, release_lease: bool = False, new_saga: boo
     if saga.order_id is None and saga.step == "reserve" and saga.step_status != DONE:
         reserved = _step_reserve(saga, new_holder=new_saga)
     if saga.order_id is None:
-        _step_create_order(saga, reserved=reserved)
-    if not saga.payment_intent_id:
-        _step_create_payment_intent(saga, release_lease=release_lease)
+        _step_create_order(saga, reserved=reserved, release_lease=release_lease)
 
 
 def _reserve_lines(saga: CheckoutSaga) -> list[ReserveLine]:
@@ -570,18 +581,21 @@ def _compensate_release(saga: CheckoutSaga, *, to: str) -> None:
     _done(saga, "release", details={"units": released, "flashTokens": returned})
 
 
-def _step_create_order(saga: CheckoutSaga, *, reserved: _Reserved | None = None) -> None:
-    """``reserved``: the reserve step just ran in this process and its "done" is written here too."""
+def _step_create_order(saga: CheckoutSaga, *, reserved: _Reserved | None = None, release_lease: bool = False) -> None:
+    """``reserved``: the reserve step just ran in this process and its "done" is written here too.
+
+    The last step of the start: its "done" moves the saga to ``awaiting_payment``. The PaymentIntent is
+    created when the buyer pays (:func:`checkout_confirm`, or :func:`checkout_payment_intent`)."""
     if reserved is None:
         _announce(saga, "create_order")
     else:
         _crash_point("create_order:before")
     _crash_point("create_order:after")  # the order and "done" commit together: a crash here left no order
 
-    # The order, its lines, "create_order done" and "about to create the PaymentIntent" in one statement
-    # (after a reserve in this process, with "reserve done" first: the step trail reads as before). The
-    # order is built by Django's field code (defaults, public id), inserted ahead of the saga's UPDATE,
-    # and undone with the transaction if the saga's version moved.
+    # The order, its lines and "create_order done" (the saga awaiting payment) in one statement (after a
+    # reserve in this process, with "reserve done" first: the step trail reads as before). The order is
+    # built by Django's field code (defaults, public id), inserted ahead of the saga's UPDATE, and undone
+    # with the transaction if the saga's version moved.
     subtotal = sum(line["unit_price"] * line["quantity"] for line in saga.lines)
     order = Order(
         user_id=saga.user_id,
@@ -592,16 +606,17 @@ def _step_create_order(saga: CheckoutSaga, *, reserved: _Reserved | None = None)
         subtotal=subtotal,
         total=subtotal,
     )
-    logs: list[LogRow] = [("create_order", DONE, None), ("create_payment_intent", ABOUT_TO, None)]
-    more: dict[str, Any] = {}
+    logs: list[LogRow] = [("create_order", DONE, None)]
+    more: dict[str, Any] = dict(_UNLEASE) if release_lease else {}
     if reserved is not None:
         logs[:0] = [("reserve", DONE, {"units": reserved.units}), ("create_order", ABOUT_TO, None)]
         more["expires_at"] = reserved.expires_at
     [order.pk] = _save(
         saga,
         logs=logs,
-        step="create_payment_intent",
-        step_status=ABOUT_TO,
+        step="create_order",
+        step_status=DONE,
+        state=S.AWAITING_PAYMENT,
         before=_order_insert(order, saga.lines),
         order=_SqlValue("(SELECT id FROM o)"),
         **more,
@@ -644,11 +659,63 @@ def _compensate_cancel_order(saga: CheckoutSaga) -> None:
     _done(saga, "cancel_order", also=cancel)
 
 
+# --- the order's one PaymentIntent: created when the buyer pays, never twice ----------------------------------
+
+
+def _pending(saga: CheckoutSaga, step: str) -> bool:
+    """``step`` was about to happen (or its outcome is unknown): a Stripe call may have reached Stripe."""
+    return saga.step == step and saga.step_status in (ABOUT_TO, INDETERMINATE)
+
+
+def _settle_in_flight(saga: CheckoutSaga) -> None:
+    """Learn the outcome of a Stripe call that may have happened before anything else is sent: a create
+    whose answer was lost is replayed with the same key (Stripe returns the intent it made), so an order
+    never gets a second PaymentIntent."""
+    if _pending(saga, "create_payment_intent") and not saga.payment_intent_id:
+        _step_create_payment_intent(saga)
+    elif _pending(saga, "charge"):
+        _settle_charge(saga)
+
+
+def checkout_payment_intent(*, saga_id: int, loaded: CheckoutSaga | None = None) -> CheckoutSaga:
+    """The checkout's one PaymentIntent for a storefront that confirms with Stripe.js: created (not
+    confirmed) if it does not exist yet, the same one on every call. The webhook then drives the saga as if
+    the server had confirmed (:func:`saga_on_intent`); a later :func:`checkout_confirm` confirms it.
+
+    Raises ReservationExpired, CheckoutNotConfirmable, CheckoutInProgress, PaymentProviderBusy (nothing
+    sent), PaymentTransientError (the create's outcome is unknown: the next call replays it).
+    """
+    wait = getattr(settings, "CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
+    with _driving(saga_id, wait=wait, loaded=loaded) as saga:
+        _settle_in_flight(saga)
+        if saga.payment_intent_id:
+            return saga
+        _check_payable(saga)
+        _step_create_payment_intent(saga, release_lease=True)
+        return saga
+
+
+def _check_payable(saga: CheckoutSaga) -> None:
+    """Raise unless the checkout may be paid now (an open checkout whose hold has not lapsed)."""
+    if saga.state == S.EXPIRED:
+        raise ReservationExpired(checkoutId=saga.public_id)
+    if saga.state not in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) or saga.compensate_to:
+        raise CheckoutNotConfirmable(
+            f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state
+        )
+    if _hold_lapsed(saga):
+        _compensate(saga, to=S.EXPIRED)
+        if saga.state not in (S.CONFIRMED, S.FULFILLED):
+            raise ReservationExpired(checkoutId=saga.public_id)
+
+
 def _step_create_payment_intent(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
+    """Create the order's PaymentIntent without confirming it (keyed by the order: a replay after a lost
+    answer gets the same intent back)."""
     order = saga.order
+    replay = _pending(saga, "create_payment_intent")
     _announce(saga, "create_payment_intent")
     try:
-        # Keyed by the order: a retry after a crash or timeout gets the same PaymentIntent back.
         intent = payment_intent_create(
             order_id=order.public_id,
             checkout_id=saga.public_id,
@@ -656,42 +723,58 @@ def _step_create_payment_intent(saga: CheckoutSaga, *, release_lease: bool = Fal
             currency=order.currency,
             email=order.email or None,
         )
-    except (PaymentTransientError, PaymentPermanentError) as exc:
-        _fail_and_compensate(saga, "create_payment_intent", exc, to=S.FAILED)
+    except PaymentProviderBusy:
+        # Nothing was sent now; an earlier create whose answer was lost stays to be replayed.
+        status = INDETERMINATE if replay else FAILED
+        _save(saga, log_step="create_payment_intent", outcome=status, step_status=status,
+              details={"error": PaymentProviderBusy.code})  # fmt: skip
         raise
-
-    link = _Also(  # the order learns its PaymentIntent in the saga's "done" statement
-        f"UPDATE {connection.ops.quote_name(Order._meta.db_table)} "  # noqa: S608
-        "SET payment_intent_id = %s, payment_status = %s, updated_at = %s WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
-        [intent.intent_id, intent.status, timezone.now(), order.pk],
-    )
+    except PaymentTransientError as exc:
+        _save(saga, log_step="create_payment_intent", outcome=INDETERMINATE, step_status=INDETERMINATE,
+              details={"error": str(exc)[:200]})  # fmt: skip
+        raise
+    except PaymentPermanentError as exc:
+        _save(saga, log_step="create_payment_intent", outcome=FAILED, step_status=FAILED,
+              details={"error": exc.stripe_code or str(exc)[:200]})  # fmt: skip
+        raise
     _done(
         saga,
         "create_payment_intent",
-        with_sql=[link],
+        also=_order_payment(order.pk, intent),
         details={"intent": intent.intent_id},
         payment_intent_id=intent.intent_id,
         client_secret=intent.client_secret or "",
-        state=S.AWAITING_PAYMENT,
         **(_UNLEASE if release_lease else {}),
     )
     order.payment_intent_id, order.payment_status = intent.intent_id, intent.status
 
 
+def _link_fields(saga: CheckoutSaga, intent: IntentResult) -> dict[str, Any]:
+    """The saga learns the order's one PaymentIntent (the first create-and-confirm, or a replay of it)."""
+    if saga.payment_intent_id:
+        return {}
+    return {"payment_intent_id": intent.intent_id, "client_secret": intent.client_secret or ""}
+
+
 def _compensate_cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
-    """Cancel the PI. Returns the PI; ``succeeded`` means it was paid and could not be cancelled."""
+    """Cancel the PI if the order has one. Returns the PI; ``succeeded`` means it was paid and could not be
+    cancelled. A checkout that never created one costs Stripe nothing here."""
     order = saga.order
     if not saga.payment_intent_id:
-        if saga.step != "create_payment_intent":
+        if _pending(saga, "charge"):
+            _settle_charge(saga)  # a create-and-confirm may have charged: learn it (raises if Stripe is away)
+        elif _pending(saga, "create_payment_intent"):
+            # The create may have reached Stripe: ask again with the same key to learn the id, then cancel.
+            try:
+                intent = payment_intent_create(
+                    order_id=order.public_id, checkout_id=saga.public_id, amount=order.total, currency=order.currency,
+                    email=order.email or None,
+                )  # fmt: skip
+            except (PaymentTransientError, PaymentPermanentError, PaymentProviderBusy):
+                return None  # nothing was confirmed on it; a stray PI without a payment method moves no money
+            _save(saga, payment_intent_id=intent.intent_id, also=_order_payment(order.pk, intent))
+        if not saga.payment_intent_id:
             return None
-        # The create may have reached Stripe: ask again with the same key to learn the id, then cancel.
-        try:
-            intent = payment_intent_create(
-                order_id=order.public_id, checkout_id=saga.public_id, amount=order.total, currency=order.currency
-            )
-        except (PaymentTransientError, PaymentPermanentError):
-            return None  # nothing was confirmed on it; a stray PI without a payment method moves no money
-        _save(saga, payment_intent_id=intent.intent_id)
     _about_to(saga, "cancel_payment_intent")
     intent = payment_intent_cancel(order_id=order.public_id, intent_id=saga.payment_intent_id)
     _done(saga, "cancel_payment_intent", details={"status": intent.status}, also=_order_payment(order.pk, intent))
@@ -701,35 +784,35 @@ def _compensate_cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None
 # --- confirm: charge → confirm ---------------------------------------------------------------------------
 
 
-def checkout_confirm(*, saga_id: int, payment_method: str, loaded: CheckoutSaga | None = None) -> CheckoutSaga:
-    """Charge the checkout's PaymentIntent and, once paid, confirm the order.
+def checkout_confirm(
+    *,
+    saga_id: int,
+    payment_method: str | None = None,
+    confirmation_token: str | None = None,
+    loaded: CheckoutSaga | None = None,
+) -> CheckoutSaga:
+    """Pay the checkout (create and confirm its PaymentIntent, or confirm the one it has) and, once paid,
+    confirm the order. Exactly one of ``payment_method`` and ``confirmation_token``.
 
     ``loaded``: the saga with its order, just read by the caller (saves reading it again).
 
     Returns the saga (``confirmed``/``fulfilled``, or ``requires_action`` for 3-D Secure). Raises
-    PaymentDeclined (the checkout stays open), ReservationExpired, CheckoutNotConfirmable,
-    CheckoutInProgress, PaymentTransientError (outcome unknown: the step is ``indeterminate``).
+    PaymentDeclined (the checkout stays open), PaymentMethodInvalid (likewise), ReservationExpired,
+    CheckoutNotConfirmable, CheckoutInProgress, PaymentProviderBusy (nothing sent, the checkout stays open),
+    PaymentTransientError (outcome unknown: the step is ``indeterminate``).
     """
+    method = {"confirmation_token": confirmation_token} if confirmation_token else {"payment_method": payment_method}
     wait = getattr(settings, "CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
     with _driving(saga_id, wait=wait, loaded=loaded) as saga:
-        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
-            _settle_charge(saga)
+        _settle_in_flight(saga)
         if saga.state == S.PAID and not saga.compensate_to:
             _step_confirm(saga)
         if saga.state in (S.CONFIRMED, S.FULFILLED):
             return saga
-        if saga.state == S.EXPIRED:
-            raise ReservationExpired(checkoutId=saga.public_id)
-        if saga.state not in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) or saga.compensate_to:
-            raise CheckoutNotConfirmable(
-                f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state
-            )
-        if _hold_lapsed(saga):
-            _compensate(saga, to=S.EXPIRED)
-            if saga.state in (S.CONFIRMED, S.FULFILLED):  # it had been paid after all, and the stock was there
-                return saga
-            raise ReservationExpired(checkoutId=saga.public_id)
-        _step_charge(saga, payment_method=payment_method)
+        _check_payable(saga)
+        if saga.state in (S.CONFIRMED, S.FULFILLED):  # it had been paid after all, and the stock was there
+            return saga
+        _step_charge(saga, method=method)
         if saga.state == S.PAID:
             _step_confirm(saga, release_lease=True)
         return saga
@@ -743,25 +826,47 @@ def _hold_lapsed(saga: CheckoutSaga) -> bool:
     )
 
 
-def _step_charge(saga: CheckoutSaga, *, payment_method: str) -> None:
-    # Every attempt has its own Stripe idempotency key (order + attempt); one PaymentIntent per order means
-    # at most one capture whatever happens.
-    _about_to(saga, "charge", attempt=saga.attempt + 1, last_error_code="", last_error_message="")
-    try:
-        intent = payment_intent_confirm(
-            order_id=saga.order.public_id,
-            intent_id=saga.payment_intent_id,
-            payment_method=payment_method,
-            attempt=saga.attempt,
+def _charge_call(saga: CheckoutSaga) -> IntentResult:
+    """The current attempt's Stripe call. Without an intent: create AND confirm the order's one PaymentIntent
+    in one call; with one (a retry after a decline, or after ``/payment-intent``): confirm that intent.
+    Both are keyed by order + attempt, so replaying an attempt repeats the same request."""
+    order, method = saga.order, saga.charge_params
+    if saga.payment_intent_id:
+        return payment_intent_confirm(
+            order_id=order.public_id, intent_id=saga.payment_intent_id, attempt=saga.attempt, **method
         )
+    return payment_intent_create_and_confirm(
+        order_id=order.public_id,
+        checkout_id=saga.public_id,
+        amount=order.total,
+        currency=order.currency,
+        email=order.email or None,
+        attempt=saga.attempt,
+        **method,
+    )
+
+
+def _step_charge(saga: CheckoutSaga, *, method: dict[str, str | None]) -> None:
+    # Every attempt has its own Stripe idempotency key (order + attempt) and persists what it pays with
+    # before the call, so a lost answer is replayed exactly; one PaymentIntent per order means at most one
+    # capture whatever happens.
+    _about_to(saga, "charge", attempt=saga.attempt + 1, charge_params=method, last_error_code="", last_error_message="")
+    try:
+        intent = _charge_call(saga)
+    except PaymentProviderBusy:
+        # Nothing was sent: no decline, no compensation, the hold is kept; the same request may be retried.
+        _save(saga, log_step="charge", outcome=FAILED, step_status=FAILED, details={"error": PaymentProviderBusy.code})
+        raise
+    except PaymentMethodInvalid as exc:
+        _record_method_invalid(saga, exc)
+        raise
     except PaymentTransientError as exc:
         _save(saga, log_step="charge", outcome=INDETERMINATE, step_status=INDETERMINATE, details={"error": str(exc)})
-        _settle_charge(saga)  # maybe Stripe answers a retrieve now
+        _settle_charge(saga)  # maybe Stripe answers a retrieve (or the replayed create) now
         if saga.step_status == INDETERMINATE or saga.state == S.AWAITING_PAYMENT:
             raise
         return
     except PaymentPermanentError as exc:
-        # e.g. an unknown payment method id: the buyer can try another one.
         _record_decline(saga, code=exc.stripe_code or "invalid_payment_method", message=str(exc))
         raise PaymentDeclined(
             str(exc), declineCode=exc.stripe_code or "invalid_payment_method", checkoutId=saga.public_id
@@ -769,10 +874,40 @@ def _step_charge(saga: CheckoutSaga, *, payment_method: str) -> None:
     _apply_intent(saga, intent, raise_decline=True)
 
 
+def _record_method_invalid(saga: CheckoutSaga, exc: PaymentMethodInvalid) -> None:
+    """Stripe refused what the buyer pays with: not a decline, the checkout stays as it was."""
+    intent = exc.intent
+    _save(
+        saga,
+        log_step="charge",
+        outcome=FAILED,
+        details={"error": PaymentMethodInvalid.code},
+        step="charge",
+        step_status=FAILED,
+        last_error_code=PaymentMethodInvalid.code,
+        last_error_message=str(exc)[:2000],
+        also=_order_payment(saga.order_id, intent) if intent is not None else None,
+        **(_link_fields(saga, intent) if intent is not None else {}),
+    )
+
+
 def _settle_charge(saga: CheckoutSaga) -> None:
-    """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now."""
-    intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
-    if intent.status in ("requires_payment_method", "requires_confirmation") and not intent.declined:
+    """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now: retrieved when
+    the saga knows it, else by replaying the attempt's create-and-confirm (same key, same parameters), which
+    returns what the first call did."""
+    if saga.payment_intent_id:
+        intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
+    elif not saga.charge_params:
+        intent = None
+    else:
+        try:
+            intent = _charge_call(saga)
+        except PaymentMethodInvalid as exc:
+            _record_method_invalid(saga, exc)
+            return
+    if intent is None or (
+        intent.status in ("requires_payment_method", "requires_confirmation") and not intent.declined
+    ):
         # The confirm never took effect: nothing charged, the checkout stays open.
         _save(
             saga,
@@ -780,15 +915,18 @@ def _settle_charge(saga: CheckoutSaga) -> None:
             outcome=FAILED,
             step_status=FAILED,
             state=S.AWAITING_PAYMENT,
-            details={"settled": intent.status},
+            details={"settled": intent.status if intent else "not_sent"},
+            **(_link_fields(saga, intent) if intent is not None else {}),
         )
         return
     _apply_intent(saga, intent, raise_decline=False)
 
 
 def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bool) -> None:
-    """Move the saga forward to what the PaymentIntent says (never backwards)."""
+    """Move the saga forward to what the PaymentIntent says (never backwards). A saga that did not know
+    its PaymentIntent yet (the first create-and-confirm) records it in the same write."""
     order_sync = _order_payment(saga.order_id, intent)
+    link = _link_fields(saga, intent)
     if intent.succeeded:
         _crash_point("charge:after")
         logs: list[LogRow] = [("charge", DONE, {"status": intent.status})]
@@ -797,7 +935,7 @@ def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bo
             # Every caller confirms a paid saga next: "about to confirm" rides on "charge done".
             logs.append(("confirm", ABOUT_TO, None))
             fields = {"step": "confirm", "step_status": ABOUT_TO}
-        _save(saga, logs=logs, state=S.PAID, next_action=None, with_sql=[_order_paid(saga, intent)], **fields)
+        _save(saga, logs=logs, state=S.PAID, next_action=None, with_sql=[_order_paid(saga, intent)], **fields, **link)
     elif intent.requires_action:
         _done(
             saga,
@@ -805,25 +943,33 @@ def _apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bo
             details={"status": intent.status},
             state=S.REQUIRES_ACTION,
             next_action=intent.next_action,
-            client_secret=intent.client_secret or saga.client_secret,
             also=order_sync,
+            **{**link, "client_secret": intent.client_secret or saga.client_secret},
         )
     elif intent.declined:
         code = intent.decline_code or intent.error_code or "card_declined"
-        _record_decline(saga, code=code, message=intent.error_message or "", also=order_sync)
+        _record_decline(saga, code=code, message=intent.error_message or "", also=order_sync, **link)
         if raise_decline:
             raise PaymentDeclined(
                 intent.error_message or "The card was declined.", declineCode=code, checkoutId=saga.public_id
             )
     elif intent.canceled:
+        if link:
+            _save(saga, also=order_sync, **link)
         _compensate(saga, to=S.FAILED, code="payment_canceled", message="The PaymentIntent was canceled.")
     else:  # processing: the webhook or recovery settles it
         _save(
-            saga, log_step="charge", outcome=INDETERMINATE, step_status=INDETERMINATE, details={"status": intent.status}
+            saga,
+            log_step="charge",
+            outcome=INDETERMINATE,
+            step_status=INDETERMINATE,
+            details={"status": intent.status},
+            also=order_sync if link else None,
+            **link,
         )
 
 
-def _record_decline(saga: CheckoutSaga, *, code: str, message: str, also: Callable | None = None) -> None:
+def _record_decline(saga: CheckoutSaga, *, code: str, message: str, also: Callable | None = None, **link: Any) -> None:
     _save(
         saga,
         log_step="charge",
@@ -836,6 +982,7 @@ def _record_decline(saga: CheckoutSaga, *, code: str, message: str, also: Callab
         last_error_code=code,
         last_error_message=message[:2000],
         also=also,
+        **link,
     )
 
 
@@ -843,25 +990,26 @@ def _order_payment(order_pk: int | None, intent: IntentResult) -> Callable[[], N
     def sync() -> None:
         if order_pk is not None:
             Order.objects.filter(pk=order_pk).exclude(payment_status="refunded").update(
-                payment_status=intent.status, updated_at=timezone.now()
+                payment_intent_id=intent.intent_id, payment_status=intent.status, updated_at=timezone.now()
             )
 
     return sync
 
 
 def _order_paid(saga: CheckoutSaga, intent: IntentResult) -> _Also:
-    """In the saga's statement: awaiting_payment → paid (never backwards), and the payment status unless
-    refunded."""
+    """In the saga's statement: awaiting_payment → paid (never backwards), the payment status unless
+    refunded, and the order's (one) PaymentIntent."""
     table = connection.ops.quote_name(Order._meta.db_table)
     return _Also(
         f"UPDATE {table} SET status = CASE WHEN status = %s THEN %s ELSE status END, "  # noqa: S608
-        "payment_status = CASE WHEN payment_status = %s THEN payment_status ELSE %s END, updated_at = %s "
-        "WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
+        "payment_status = CASE WHEN payment_status = %s THEN payment_status ELSE %s END, "
+        "payment_intent_id = %s, updated_at = %s WHERE id = %s AND EXISTS (SELECT 1 FROM s)",
         [
             Order.Status.AWAITING_PAYMENT.value,
             Order.Status.PAID.value,
             Order.PaymentStatus.REFUNDED.value,
             intent.status,
+            intent.intent_id,
             timezone.now(),
             saga.order_id,
         ],
@@ -1120,7 +1268,11 @@ def saga_on_intent(intent: IntentResult, source: str) -> None:
     with _driving(saga_pk, wait=2.0) as saga:
         log.info("checkout_intent_update", checkout_id=saga.public_id, intent_status=intent.status, source=source)
         if not saga.payment_intent_id:
-            raise NotKnownYet(f"checkout {saga.public_id} has not stored its PaymentIntent yet")
+            if intent.metadata.get("checkout_id") != saga.public_id or saga.order_id is None:
+                raise NotKnownYet(f"checkout {saga.public_id} has not stored its PaymentIntent yet")
+            # The process that created it lost the answer (or died): Stripe's intent, re-fetched and
+            # carrying this checkout's id, is the order's one PaymentIntent.
+            _save(saga, also=_order_payment(saga.order_id, intent), **_link_fields(saga, intent))
         if saga.compensate_to:
             _compensate(saga, to=saga.compensate_to)
         elif saga.is_terminal or saga.state in (S.CONFIRMED,):
@@ -1149,10 +1301,10 @@ def saga_resume(*, saga_id: int) -> CheckoutSaga:
         if saga.state == S.RESERVED:
             try:
                 _run_start(saga)
-            except (InsufficientStock, InventoryContention, PaymentTransientError, PaymentPermanentError):
+            except (InsufficientStock, InventoryContention):
                 return saga  # compensated to failed by the step itself
-        if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
-            _settle_charge(saga)
+        if _pending(saga, "charge") or _pending(saga, "create_payment_intent"):
+            _settle_in_flight(saga)
         elif saga.state == S.REQUIRES_ACTION:
             _settle_charge(saga)  # a lost webhook: ask Stripe
         if saga.state == S.PAID and not saga.compensate_to:

@@ -116,3 +116,14 @@ def checkout_view(*, saga: CheckoutSaga, steps: bool = False, fresh: bool = Fals
     if steps:
         view["steps"] = [{"name": s.step, "status": s.outcome, "at": s.at} for s in saga.log.all()]
     return view
+
+
+def checkout_payment_intent_view(*, saga: CheckoutSaga) -> dict[str, Any]:
+    """The checkout's one PaymentIntent as ``/payment-intent`` shows it (snake_case; serializers rename)."""
+    order = saga.order
+    return {
+        "payment_intent_id": saga.payment_intent_id,
+        "client_secret": saga.client_secret,
+        "amount": order.total,
+        "currency": order.currency,
+    }

@@ -6,6 +6,11 @@ urlpatterns = [
     path("checkout/start", apis.CheckoutStartApi.as_view(), name="checkout-start"),
     path("checkout/confirm", apis.CheckoutConfirmApi.as_view(), name="checkout-confirm"),
     path("checkout/<str:checkout_id>", apis.CheckoutDetailApi.as_view(), name="checkout-detail"),
+    path(
+        "checkout/<str:checkout_id>/payment-intent",
+        apis.CheckoutPaymentIntentApi.as_view(),
+        name="checkout-payment-intent",
+    ),
     path("checkout/<str:checkout_id>/cancel", apis.CheckoutCancelApi.as_view(), name="checkout-cancel"),
     path("orders/<str:order_id>", apis.OrderDetailApi.as_view(), name="order-detail"),
 ]

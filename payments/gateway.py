@@ -103,9 +103,11 @@ class PaymentMethodInvalid(DomainError):
     """Stripe refused the payment method or confirmation token itself (unknown, detached, unusable).
 
     A client error, not a decline: the intent is left as it was and the buyer may send another method.
+    ``intent``: the PaymentIntent when the call created one before refusing what was sent, else None.
     """
 
     code = "payment_method_invalid"
+    intent: IntentResult | None = None
 
 
 class PaymentPermanentError(Exception):
@@ -329,25 +331,94 @@ def payment_intent_create(
     return result
 
 
-def payment_intent_confirm(*, order_id: str, intent_id: str, payment_method: str, attempt: int) -> IntentResult:
-    """Confirm with a payment method. A decline comes back as a result with ``decline_code``/``error_code``."""
+def payment_intent_create_and_confirm(
+    *,
+    order_id: str,
+    checkout_id: str,
+    amount: int,
+    currency: str,
+    attempt: int,
+    payment_method: str | None = None,
+    confirmation_token: str | None = None,
+    email: str | None = None,
+) -> IntentResult:
+    """Create the order's one PaymentIntent and confirm it, in ONE Stripe call (the deferred-intent flow).
+
+    Keyed by the order and the attempt: replaying the same call with the same key (after a timeout or a
+    lost response) returns the intent the first call created, never a second one. A decline comes back as
+    a result (the intent exists, ``requires_payment_method``); a payment method or confirmation token that
+    Stripe refuses raises :class:`PaymentMethodInvalid` (no intent is created for it).
+    """
+    _assert_no_transaction()
+    key = f"cf:{order_id}:pi-create-confirm:{attempt}"
+    params: dict[str, Any] = {
+        "amount": amount,
+        "currency": currency.lower(),
+        "payment_method_types": ["card"],
+        "metadata": {"order_id": order_id, "checkout_id": checkout_id},
+        "confirm": True,
+        **_method_params(payment_method, confirmation_token),
+    }
+    if email:
+        params["receipt_email"] = email
+    recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
+    operation = "create_confirm"
+    try:
+        pi = _client().v1.payment_intents.create(params=params, options={"idempotency_key": key})
+        result = _to_result(pi)
+    except stripe.CardError as exc:
+        embedded = getattr(exc.error, "payment_intent", None)
+        if not embedded:
+            raise _fail(order_id, operation, key, exc) from exc
+        result = _declined(_to_result(embedded), exc)
+    except stripe.InvalidRequestError as exc:
+        embedded = getattr(exc.error, "payment_intent", None)
+        if _method_refused(exc):
+            raise _method_invalid(order_id, operation, key, exc, recorded) from exc
+        if embedded and _code(exc) == "payment_intent_unexpected_state":
+            # Created, but the confirm could not use what was sent: the intent is the answer.
+            result = _to_result(embedded)
+            _record(order_id=order_id, operation=operation, key=key, intent=result, **recorded)
+            err = PaymentMethodInvalid(exc.user_message or str(exc))
+            err.intent = result
+            raise err from exc
+        err = _classify(exc)
+        _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
+        raise err from exc
+    except stripe.StripeError as exc:
+        err = _classify(exc)
+        _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
+        raise err from exc
+    _record(order_id=order_id, operation=operation, key=key, intent=result, **recorded)
+    return result
+
+
+def payment_intent_confirm(
+    *,
+    order_id: str,
+    intent_id: str,
+    attempt: int,
+    payment_method: str | None = None,
+    confirmation_token: str | None = None,
+) -> IntentResult:
+    """Confirm the order's existing PaymentIntent (a later attempt, or after ``/payment-intent``).
+
+    A decline comes back as a result with ``decline_code``/``error_code``; a refused payment method or
+    confirmation token raises :class:`PaymentMethodInvalid` (the intent is left as it was)."""
     _assert_no_transaction()
     key = f"cf:{order_id}:confirm:{attempt}"
     try:
         pi = _client().v1.payment_intents.confirm(
-            intent_id, params={"payment_method": payment_method}, options={"idempotency_key": key}
+            intent_id,
+            params=_method_params(payment_method, confirmation_token),
+            options={"idempotency_key": key},
         )
         result = _to_result(pi)
     except stripe.CardError as exc:
-        err = exc.error
-        declined = _state_after_error(order_id, "confirm", key, exc, intent_id)
-        result = replace(
-            declined,
-            decline_code=getattr(err, "decline_code", None) or declined.decline_code,
-            error_code=_code(exc) or declined.error_code or "card_declined",
-            error_message=getattr(err, "message", None) or declined.error_message,
-        )
+        result = _declined(_state_after_error(order_id, "confirm", key, exc, intent_id), exc)
     except stripe.InvalidRequestError as exc:
+        if _method_refused(exc):
+            raise _method_invalid(order_id, "confirm", key, exc, {}) from exc
         if _code(exc) != "payment_intent_unexpected_state":
             raise _fail(order_id, "confirm", key, exc) from exc
         # Already succeeded (an earlier attempt went through) or canceled: the real state is the answer.
@@ -409,6 +480,42 @@ def refund_create(*, order_id: str, intent_id: str, amount: int | None = None) -
 
 
 # --- helpers for the error paths ---
+
+# The parameters through which a confirm names what pays: Stripe's errors about them carry ``param``.
+_METHOD_PARAMS = ("payment_method", "confirmation_token", "payment_method_data")
+
+
+def _method_params(payment_method: str | None, confirmation_token: str | None) -> dict[str, str]:
+    if bool(payment_method) == bool(confirmation_token):
+        raise ValueError("exactly one of payment_method and confirmation_token")
+    return {"confirmation_token": confirmation_token} if confirmation_token else {"payment_method": payment_method}
+
+
+def _method_refused(exc: stripe.InvalidRequestError) -> bool:
+    """Stripe refused the payment method or token itself (unknown, detached, unusable): a client error.
+
+    Stripe answers ``resource_missing`` (404) for an unknown one, other codes for unusable ones, always
+    with ``param`` naming the method's parameter."""
+    param = getattr(getattr(exc, "error", None), "param", None) or getattr(exc, "param", None) or ""
+    return any(param == name or param.startswith(name + "[") for name in _METHOD_PARAMS)
+
+
+def _method_invalid(
+    order_id: str, operation: str, key: str, exc: stripe.StripeError, recorded: dict[str, Any]
+) -> PaymentMethodInvalid:
+    err = PaymentMethodInvalid(exc.user_message or str(exc) or "The payment method cannot be used.")
+    _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
+    return err
+
+
+def _declined(intent: IntentResult, exc: stripe.CardError) -> IntentResult:
+    err = exc.error
+    return replace(
+        intent,
+        decline_code=getattr(err, "decline_code", None) or intent.decline_code,
+        error_code=_code(exc) or intent.error_code or "card_declined",
+        error_message=getattr(err, "message", None) or intent.error_message,
+    )
 
 
 def _fail(order_id: str, operation: str, key: str, exc: stripe.StripeError) -> Exception:

@@ -113,7 +113,9 @@ def payments_reconcile(*, since: datetime | None = None, payment_ids: list[int] 
 def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
     """The drift of one payment, repaired; None when there was none."""
     if not payment.intent_id:
-        return None  # no PaymentIntent was ever created for it (or its creation is still being retried)
+        # No PaymentIntent yet: the order has not been paid for (the intent is created when the buyer pays),
+        # or its create-and-confirm lost its answer, which the checkout's recovery replays with the same key.
+        return None
     row = ReconcileRow(payment.order_id, payment.intent_id, payment.status, "")
     try:
         intent = payment_intent_retrieve(intent_id=payment.intent_id)

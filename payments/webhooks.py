@@ -152,6 +152,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
 # fixtures tell the emulator (``--enabled-events``) to deliver only these, like the enabled_events of a real
 # Stripe webhook endpoint; `manage.py stripe_webhook_events` prints them for scripts.
 HANDLED_EVENT_TYPES: tuple[str, ...] = tuple(HANDLERS)
+# The shared Stripe budget being spent (nothing was sent) is as retryable as Stripe being away.
 RETRYABLE = (PaymentTransientError, PaymentProviderBusy, NotKnownYet)
 
 

@@ -53,3 +53,17 @@ def invariants_hold() -> None:
 
 def later(minutes: int = 5):  # noqa: ANN201
     return timezone.now() + timedelta(minutes=minutes)
+
+
+def stripe_request_counter(emulator):  # noqa: ANN001, ANN201
+    """From now on, count every Stripe API request the emulator answers: a zero-latency fault rule that
+    matches everything, whose ``fired`` counter is the count. Returns a function reading it."""
+    rule = emulator.add_fault("*", "latency", times=0, ms=0)
+    return lambda: next(f["fired"] for f in emulator.faults() if f["id"] == rule["id"])
+
+
+def intents_of_order(emulator, order_id: str) -> list[str]:  # noqa: ANN001
+    """The PaymentIntents the emulator holds for ``order_id`` (by ``metadata.order_id``)."""
+    state = emulator.server.state
+    with state.lock:
+        return [pi["id"] for pi in state.payment_intents.values() if pi["metadata"].get("order_id") == order_id]

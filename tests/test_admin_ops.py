@@ -123,11 +123,13 @@ def test_resume_action_finishes_a_stuck_saga_through_the_saga_code(staff, stripe
 def test_compensate_action_undoes_a_crashed_saga(staff, stripe_emulator, settings):
     settings.CARTFLOW_SAGA_LEASE_SECONDS = 1
     product = make_product(on_hand=3)
-    client = guest_with_cart((product, 1))
-    saga_mod.crash_points.add("create_payment_intent:after")  # the process dies right after Stripe answered
+    client, checkout_id = started(product)
+    # A Stripe.js storefront asks for the intent; the process dies right after Stripe answered.
+    saga_mod.crash_points.add("create_payment_intent:after")
     with pytest.raises(SimulatedCrash):
-        client.post("/api/checkout/start", {}, format="json")
+        client.post(f"/api/checkout/{checkout_id}/payment-intent")
     crashed = CheckoutSaga.objects.get()
+    assert crashed.payment_intent_id == ""  # the answer died with the process
     assert stuck_ids(staff) == set()  # its lease is still live: maybe it is just slow
     time.sleep(1.1)
     assert stuck_ids(staff) == {crashed.public_id}
@@ -159,8 +161,10 @@ def test_actions_refuse_a_terminal_saga_and_say_so(staff, stripe_emulator):
 
 def test_order_search_by_payment_intent_and_links_to_reservations_and_webhooks(staff, stripe_emulator):
     product = make_product(on_hand=5)
-    _, mine = started(product)
-    _, other = started(product)
+    mine_client, mine = started(product)
+    other_client, other = started(product)
+    for client, checkout_id in ((mine_client, mine), (other_client, other)):
+        assert client.post(f"/api/checkout/{checkout_id}/payment-intent").status_code == 200
     order = saga(mine).order
     other_order = saga(other).order
     WebhookEvent.objects.create(

@@ -7,7 +7,16 @@ from rest_framework.test import APIClient
 
 from orders.models import CheckoutSaga, Order
 from orders.services import outbox_process_pending
-from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
+from tests.saga_support import (
+    charges,
+    guest_with_cart,
+    held,
+    invariants_hold,
+    make_product,
+    refunds,
+    stock,
+    stripe_request_counter,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,27 +32,28 @@ def _confirm(client: APIClient, checkout_id: str | None = None, pm: str = "pm_ca
     return client.post("/api/checkout/confirm", body, format="json", headers=headers)
 
 
-def test_start_reserves_prices_from_catalog_and_creates_one_intent(stripe_emulator):
+def test_start_reserves_prices_from_catalog_and_makes_no_stripe_call(stripe_emulator):
     a, b = make_product(price=1000), make_product(price=250)
     client = guest_with_cart((a, 2), (b, 3))
+    stripe_requests = stripe_request_counter(stripe_emulator)
     response = _start(client)
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["status"] == "awaiting_payment"
     assert body["amount"] == 2 * 1000 + 3 * 250 and body["currency"] == "usd"
     assert body["checkoutId"].startswith("chk_") and body["orderId"].startswith("ord_")
-    assert body["paymentClientSecret"]
+    assert body["paymentClientSecret"] is None  # the deferred-intent flow: no PaymentIntent yet
     assert {(line["productId"], line["quantity"], line["lineTotal"]) for line in body["lines"]} == {
         (a.id, 2, 2000),
         (b.id, 3, 750),
     }
     assert stock(a) == (10, 2) and stock(b) == (10, 3)
-    assert len(stripe_emulator.events("payment_intent.created")) == 1
 
     again = _start(client)
     assert again.status_code == 200 and again.json()["checkoutId"] == body["checkoutId"]
     assert stock(a) == (10, 2)  # never a second reservation
-    assert len(stripe_emulator.events("payment_intent.created")) == 1
+    assert stripe_requests() == 0 and stripe_emulator.events() == []
+    assert Order.objects.get(public_id=body["orderId"]).payment_intent_id == ""
 
 
 def test_full_flow_confirms_fulfils_and_clears_the_cart(stripe_emulator):
@@ -62,7 +72,6 @@ def test_full_flow_confirms_fulfils_and_clears_the_cart(stripe_emulator):
         "start",
         "reserve",
         "create_order",
-        "create_payment_intent",
         "charge",
         "confirm",
         "fulfil",
@@ -139,14 +148,15 @@ def test_checkout_and_order_are_visible_only_to_their_cart(stripe_emulator):
     assert _confirm(stranger, start["checkoutId"]).json()["code"] == "checkout_not_found"
 
 
-def test_cancel_releases_stock_and_cancels_the_intent(stripe_emulator):
+def test_cancel_before_paying_releases_stock_and_costs_stripe_nothing(stripe_emulator):
     product = make_product()
     client = guest_with_cart((product, 4))
+    stripe_requests = stripe_request_counter(stripe_emulator)
     start = _start(client).json()
     response = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert stock(product) == (10, 0)
-    assert len(stripe_emulator.events("payment_intent.canceled")) == 1
+    assert stripe_requests() == 0  # no intent was created, so there is none to cancel
     assert Order.objects.get(public_id=start["orderId"]).status == "cancelled"
     again = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
     assert again.status_code == 200  # cancelling a cancelled checkout is a no-op

@@ -26,7 +26,8 @@ from payments.webhooks import HANDLED_EVENT_TYPES
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-CONFIRM = "POST /v1/payment_intents/*/confirm"
+# A checkout's first payment creates and confirms its PaymentIntent in one call (the deferred-intent flow).
+CONFIRM = "POST /v1/payment_intents"
 
 
 class Shop:
@@ -277,7 +278,7 @@ def test_idempotency_key_replays_rejects_reuse_and_reports_in_progress(e2e, shop
     _end(e2e, celery_worker_process, charges=1)
 
 
-def test_expiry_with_a_short_ttl_releases_the_stock_and_cancels_the_intent(e2e, shop, celery_worker_process, settings):
+def test_expiry_with_a_short_ttl_costs_stripe_nothing(e2e, shop, celery_worker_process, settings):
     settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1  # the live server runs in this process: it sees this
     product = _product(on_hand=3)
     buyer = shop()
@@ -291,16 +292,15 @@ def test_expiry_with_a_short_ttl_releases_the_stock_and_cancels_the_intent(e2e, 
     assert _stock(product) == (3, 0)
     late = buyer.confirm("pm_card_visa")
     assert late.status_code == 409 and late.json()["code"] == "reservation_expired", late.text
-    assert len(e2e.events("payment_intent.canceled")) == 1
+    assert e2e.events() == []  # abandoned before paying: no intent was ever created, nothing to cancel
     assert buyer.order(start["orderId"])["status"] == "cancelled"
     _end(e2e, celery_worker_process, charges=0)
 
 
 def _lose_confirm_response(emulator, settings) -> None:  # noqa: ANN001
-    """Stripe charges, but the answer never arrives, and the retrieve right after fails too."""
+    """Stripe creates the intent and charges, but the answer never arrives, nor that of the replay right after."""
     settings.STRIPE_MAX_NETWORK_RETRIES = 0  # the client must not quietly replay the lost response
-    emulator.add_fault(CONFIRM, "lose_response")
-    emulator.add_fault("GET /v1/payment_intents/*", "http_500")
+    emulator.add_fault(CONFIRM, "lose_response", times=2)
 
 
 def test_lost_stripe_response_is_recovered_by_the_webhook(e2e, shop, celery_worker_process, settings):
@@ -349,13 +349,41 @@ def test_cancel_releases_stock_and_cancels_the_intent(e2e, shop, celery_worker_p
     buyer.add(product, 4)
     start = buyer.start().json()
     assert _stock(product) == (10, 4)
+    intent = buyer.http.post(f"/checkout/{start['checkoutId']}/payment-intent")  # a Stripe.js storefront
+    assert intent.status_code == 200, intent.text
 
     cancelled = buyer.http.post(f"/checkout/{start['checkoutId']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     assert _stock(product) == (10, 0)
-    assert len(e2e.events("payment_intent.canceled")) == 1
+    assert [e["data"]["object"]["id"] for e in e2e.events("payment_intent.canceled")] == [
+        intent.json()["paymentIntentId"]
+    ]
     late = buyer.confirm("pm_card_visa", checkout_id=start["checkoutId"])
     assert late.status_code == 409 and late.json()["code"] == "checkout_not_confirmable", late.text
     assert buyer.order(start["orderId"])["status"] == "cancelled"
     assert [i["quantity"] for i in buyer.cart_items()] == [4]  # the cart is kept for another try
     _end(e2e, celery_worker_process, charges=0)
+
+
+def test_stripe_js_storefront_confirms_on_the_client_and_the_webhook_finishes(e2e, shop, celery_worker_process):
+    product = _product(price=1800)
+    buyer = shop()
+    buyer.add(product, 2)
+    start = buyer.start().json()
+    first = buyer.http.post(f"/checkout/{start['checkoutId']}/payment-intent")
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["amount"] == 3600 and body["currency"] == "usd"
+    assert body["paymentClientSecret"].startswith(body["paymentIntentId"])
+    assert buyer.http.post(f"/checkout/{start['checkoutId']}/payment-intent").json() == body  # the same intent
+    stranger = shop()
+    stranger.add(product, 1)
+    assert stranger.http.post(f"/checkout/{start['checkoutId']}/payment-intent").status_code == 404
+
+    # Stripe.js confirms in the browser; CartFlow hears of it through the webhook only.
+    e2e.client().v1.payment_intents.confirm(body["paymentIntentId"], params={"payment_method": "pm_card_visa"})
+    _wait(lambda: _state(start["checkoutId"]) == "fulfilled", celery_worker_process)
+    assert buyer.order(start["orderId"])["paymentStatus"] == "succeeded"
+    assert _stock(product) == (8, 0) and buyer.cart_items() == []
+    assert len(e2e.events("payment_intent.created")) == 1
+    _end(e2e, celery_worker_process, charges=1)

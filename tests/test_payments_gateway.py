@@ -13,11 +13,13 @@ import stripe
 from django.db import connection, transaction
 
 from payments.gateway import (
+    PaymentMethodInvalid,
     PaymentPermanentError,
     PaymentTransientError,
     payment_intent_cancel,
     payment_intent_confirm,
     payment_intent_create,
+    payment_intent_create_and_confirm,
     payment_intent_retrieve,
     refund_create,
 )
@@ -384,3 +386,57 @@ def test_payment_rows_are_one_per_order(emulator):
     for _ in range(3):
         payment_intent_create(order_id=order_id, checkout_id="chk", amount=1000, currency="usd")
     assert Payment.objects.filter(order_id=order_id).count() == 1
+
+
+# --- create and confirm in one call (the deferred-intent flow) ---
+
+
+def _create_and_confirm(order_id: str, attempt: int = 1, **method: str):
+    return payment_intent_create_and_confirm(
+        order_id=order_id, checkout_id="chk_d", amount=1500, currency="usd", attempt=attempt, **method
+    )
+
+
+def _intents_of(emulator, order_id: str) -> list[str]:
+    with emulator.server.state.lock:
+        intents = emulator.server.state.payment_intents.values()
+        return [pi["id"] for pi in intents if pi["metadata"].get("order_id") == order_id]
+
+
+def test_create_and_confirm_is_one_call_and_a_replay_returns_the_same_intent(emulator, settings):
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    order_id = _order()
+    emulator.add_fault("POST /v1/payment_intents", "lose_response")
+    with pytest.raises(PaymentTransientError):
+        _create_and_confirm(order_id, payment_method="pm_card_visa")
+    assert len(_intents_of(emulator, order_id)) == 1  # Stripe made and charged it; the answer was lost
+    again = _create_and_confirm(order_id, payment_method="pm_card_visa")  # same order + attempt → same key
+    assert again.succeeded and _intents_of(emulator, order_id) == [again.intent_id]
+    assert again.metadata == {"order_id": order_id, "checkout_id": "chk_d"} and again.client_secret
+    assert _charges(emulator) == 1
+    keys = set(PaymentAttempt.objects.values_list("idempotency_key", flat=True))
+    assert keys == {f"cf:{order_id}:pi-create-confirm:1"}
+
+
+def test_create_and_confirm_decline_is_a_result_carrying_the_intent(emulator):
+    order_id = _order()
+    declined = _create_and_confirm(order_id, payment_method="pm_card_chargeDeclinedInsufficientFunds")
+    assert declined.declined and declined.decline_code == "insufficient_funds"
+    assert _intents_of(emulator, order_id) == [declined.intent_id]
+    ok = _confirm(order_id, declined.intent_id, "pm_card_visa", 2)
+    assert ok.succeeded and _intents_of(emulator, order_id) == [declined.intent_id]
+    assert payment_get(order_id=order_id).status == "succeeded"
+
+
+def test_unknown_payment_method_is_payment_method_invalid_and_creates_nothing(emulator):
+    order_id = _order()
+    with pytest.raises(PaymentMethodInvalid) as exc:
+        _create_and_confirm(order_id, payment_method="pm_nope")
+    assert exc.value.code == "payment_method_invalid" and exc.value.intent is None
+    assert _intents_of(emulator, order_id) == []
+    intent = payment_intent_create(order_id=order_id, checkout_id="chk_d", amount=1500, currency="usd")
+    with pytest.raises(PaymentMethodInvalid):
+        payment_intent_confirm(order_id=order_id, intent_id=intent.intent_id, payment_method="pm_nope", attempt=2)
+    assert payment_intent_retrieve(intent_id=intent.intent_id).status == "requires_payment_method"
+    outcomes = list(PaymentAttempt.objects.filter(payment__order_id=order_id).values_list("operation", "outcome"))
+    assert outcomes == [("create_confirm", "permanent"), ("create", "ok"), ("confirm", "permanent")]

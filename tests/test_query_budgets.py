@@ -22,19 +22,20 @@ BUDGETS = {
     "cart_add": 1,
     "cart_get": 0,
     # Statements, BEGIN/COMMIT included. Start: the saga born "about to reserve" with its log rows (one
-    # statement); one reserve statement; the order, its lines, "reserve done" and "about to create the
-    # PaymentIntent" (one statement in a transaction, rolled back if the saga's version moved); one Stripe
-    # call; payments' record (one statement); "done" + lease release + the order's PaymentIntent (one). Was 49 before
+    # statement); one reserve statement; the order, its lines, "reserve done", "create_order done" and the
+    # lease release (one statement in a transaction, rolled back if the saga's version moved). No Stripe
+    # call (the PaymentIntent is created at confirm). Was 8 while the start created the PaymentIntent, 49 before
     # the merged writes, 33 before payments' record became one upsert+attempt statement (round 3), 25 before
     # the response stopped re-reading the order and hold it had just written, 23 before "reserve done"
     # moved into the order's transaction, 19 before each saga write became one statement (UPDATE + log
     # INSERT in a writable CTE, orders/saga.py _write_saga), 17 before the saga INSERT became one statement
     # too and a new checkout stopped looking up reservations its fresh id cannot have, 13 before the order's
     # PaymentIntent UPDATE rode in the saga's "done" statement, 10 before the order and its lines did too.
-    "checkout_start": 8,
-    # Confirm: lease, "about to charge", Stripe, payments' record, "charge done" + "about to confirm" + the
-    # order paid (one statement), the commit of the hold (its own short transaction), "confirm done" + the
-    # order confirmed + outbox + lease release (one statement), the fresh order read. Was 41,
+    "checkout_start": 6,
+    # Confirm: lease, "about to charge", Stripe (create and confirm in one call), payments' record, "charge
+    # done" + "about to confirm" + the intent recorded + the order paid (one statement), the commit of the
+    # hold (its own short transaction), "confirm done" + the order confirmed + outbox + lease release (one
+    # statement), the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3), 26 before each saga write became one
     # statement, 21 before the lease was taken on the saga the view had just read (no second read), 20 before
     # "charge done" and "confirm done" carried their order UPDATE and outbox INSERT in the saga's statement.

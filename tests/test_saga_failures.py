@@ -18,11 +18,22 @@ from orders.saga import SimulatedCrash, checkout_cancel, checkout_confirm, check
 from orders.services import outbox_process_pending
 from payments.gateway import PaymentTransientError, payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
-from tests.saga_support import charges, guest_with_cart, held, invariants_hold, later, make_product, refunds, stock
+from tests.saga_support import (
+    charges,
+    guest_with_cart,
+    held,
+    intents_of_order,
+    invariants_hold,
+    later,
+    make_product,
+    refunds,
+    stock,
+    stripe_request_counter,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-START_STEPS = ["reserve", "create_order", "create_payment_intent"]
+START_STEPS = ["reserve", "create_order"]
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +94,7 @@ def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, setti
     assert saga.state == "awaiting_payment" and saga.lease_owner == ""
     assert held(saga.public_id) == 2 and stock(product) == (10, 2)
     assert Order.objects.count() == 1
-    assert len(stripe_emulator.events("payment_intent.created")) == 1
+    assert stripe_emulator.events() == []  # the start makes no Stripe call, recovered or not
     again, created = checkout_start(cart_key=cart_key)
     assert not created and again.pk == saga.pk
 
@@ -93,24 +104,26 @@ def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, setti
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_crash_around_the_charge_is_settled_by_retrieving_the_intent(stripe_emulator, when):
+def test_crash_around_the_charge_is_settled_by_replaying_the_create(stripe_emulator, when):
+    """The first charge creates and confirms the intent: a crash leaves no intent id, only "about to charge"
+    with its attempt and payment method. Recovery replays that same call with the same key: before, it is
+    the buyer's payment made now; after, Stripe returns the intent it made. Either way one intent."""
     product = make_product()
     saga = _start(_cart(product))
     saga_mod.crash_points.add(f"charge:{when}")
     with pytest.raises(SimulatedCrash):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
-    assert _reload(saga).step_status == "about_to"
+    crashed = _reload(saga)
+    assert crashed.step_status == "about_to" and crashed.payment_intent_id == ""
+    assert crashed.charge_params == {"payment_method": "pm_card_visa"} and crashed.attempt == 1
+    assert len(intents_of_order(stripe_emulator, saga.order.public_id)) == (0 if when == "before" else 1)
     # While the charge is unknown the expiry sweep keeps the hold (Saleor #15246).
     assert saga_mod.saga_keeps_hold(saga.public_id)
 
     saga_recover(now=later())
     saga = _reload(saga)
-    if when == "before":  # the confirm never reached Stripe: nothing charged, the checkout stays open
-        assert saga.state == "awaiting_payment" and saga.step_status == "failed"
-        assert charges(stripe_emulator) == 0
-    else:  # it was charged: recovery confirms the order
-        assert saga.state == "confirmed"
-        assert charges(stripe_emulator) == 1
+    assert saga.state == "confirmed" and charges(stripe_emulator) == 1
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == [saga.payment_intent_id]
     _finish(saga)
     assert stock(product) == (8, 0) and charges(stripe_emulator) == 1 and refunds(stripe_emulator) == 0
     invariants_hold()
@@ -139,6 +152,7 @@ def test_crash_around_confirm_and_fulfil_finishes_once(stripe_emulator, point):
 def test_crash_during_compensation_is_finished_by_recovery(stripe_emulator, step, when):
     product = make_product()
     saga = _start(_cart(product))
+    saga_mod.checkout_payment_intent(saga_id=saga.pk)  # a Stripe.js storefront asked for the intent
     saga_mod.crash_points.add(f"{step}:{when}")
     with pytest.raises(SimulatedCrash):
         checkout_cancel(saga_id=saga.pk)
@@ -154,10 +168,10 @@ def test_crash_during_compensation_is_finished_by_recovery(stripe_emulator, step
 
 
 def _paid_behind_our_back(stripe_emulator, saga: CheckoutSaga) -> None:  # noqa: ANN001
-    """The buyer's card is charged on Stripe's side without our confirm finishing (e.g. a client-side confirm)."""
-    stripe_emulator.client().v1.payment_intents.confirm(
-        saga.payment_intent_id, params={"payment_method": "pm_card_visa"}
-    )
+    """The buyer's card is charged on Stripe's side without our confirm (a client-side confirm with Stripe.js
+    of the intent ``/payment-intent`` gave it)."""
+    intent_id = saga_mod.checkout_payment_intent(saga_id=saga.pk).payment_intent_id
+    stripe_emulator.client().v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -182,34 +196,41 @@ def test_crash_around_the_refund_still_refunds_exactly_once(stripe_emulator, whe
 # --- step failures -------------------------------------------------------------------------------
 
 
-def test_create_payment_intent_failure_fails_the_checkout_and_releases_stock(stripe_emulator):
+def test_payment_intent_endpoint_failure_keeps_the_checkout_open_and_a_retry_gets_one_intent(stripe_emulator):
     product = make_product()
-    cart_key = _cart(product)
-    stripe_emulator.add_fault("POST /v1/payment_intents", "http_500", times=10)
+    saga = _start(_cart(product))
+    stripe_emulator.add_fault("POST /v1/payment_intents", "lose_response", times=10)
     with pytest.raises(PaymentTransientError):
-        checkout_start(cart_key=cart_key)
+        saga_mod.checkout_payment_intent(saga_id=saga.pk)
     stripe_emulator.clear_faults()
-    saga = CheckoutSaga.objects.get(cart_key=cart_key)
-    assert saga.state == "failed" and stock(product) == (10, 0)
-    assert Order.objects.get(pk=saga.order_id).status == "cancelled"
-    _finish(_start(cart_key))  # the buyer's retry starts a fresh checkout
+    lost = _reload(saga)
+    assert lost.state == "awaiting_payment" and lost.step == "create_payment_intent"
+    assert lost.step_status == "indeterminate" and lost.payment_intent_id == ""
+    assert len(intents_of_order(stripe_emulator, saga.order.public_id)) == 1  # Stripe made it; we never heard
+    again = saga_mod.checkout_payment_intent(saga_id=saga.pk)
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == [again.payment_intent_id]
+    _finish(saga)
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == [again.payment_intent_id]
     invariants_hold()
 
 
-def test_lost_charge_response_is_settled_in_the_same_request(stripe_emulator):
+def test_lost_create_and_confirm_response_is_settled_in_the_same_request(stripe_emulator, settings):
+    """The create-and-confirm's answer is lost (stripe-python does not retry): the saga replays the same
+    call with the same key and gets the intent the first one made, never a second."""
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
     product = make_product()
     saga = _start(_cart(product))
-    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "lose_response", times=10)
+    stripe_emulator.add_fault("POST /v1/payment_intents", "lose_response", times=1)
     assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
     assert charges(stripe_emulator) == 1
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == [_reload(saga).payment_intent_id]
     invariants_hold()
 
 
 def test_unknown_charge_outcome_stays_indeterminate_until_stripe_answers(stripe_emulator):
     product = make_product()
     saga = _start(_cart(product))
-    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "lose_response", times=10)
-    stripe_emulator.add_fault("GET /v1/payment_intents/*", "http_500", times=10)
+    stripe_emulator.add_fault("POST /v1/payment_intents", "lose_response", times=10)
     with pytest.raises(PaymentTransientError):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
     assert _reload(saga).step_status == "indeterminate"
@@ -217,18 +238,21 @@ def test_unknown_charge_outcome_stays_indeterminate_until_stripe_answers(stripe_
     saga_recover(now=later())
     assert _reload(saga).state == "confirmed"
     assert charges(stripe_emulator) == 1
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == [_reload(saga).payment_intent_id]
     invariants_hold()
 
 
-def test_charge_that_never_reached_stripe_leaves_the_checkout_open(stripe_emulator):
+def test_charge_that_never_reached_stripe_is_sent_once_on_retry(stripe_emulator):
     product = make_product()
     saga = _start(_cart(product))
-    stripe_emulator.add_fault("POST /v1/payment_intents/*/confirm", "http_500", times=10)
+    stripe_emulator.add_fault("POST /v1/payment_intents", "http_500", times=10)
     with pytest.raises(PaymentTransientError):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
     stripe_emulator.clear_faults()
     assert _reload(saga).state == "awaiting_payment" and charges(stripe_emulator) == 0
-    _finish(saga)
+    assert intents_of_order(stripe_emulator, saga.order.public_id) == []
+    _finish(saga)  # the buyer's retry replays the attempt first: one intent, one charge
+    assert charges(stripe_emulator) == 1 and len(intents_of_order(stripe_emulator, saga.order.public_id)) == 1
     invariants_hold()
 
 
@@ -238,6 +262,7 @@ def test_paid_but_stock_gone_is_refunded_automatically(stripe_emulator):
     assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_threeDSecure2Required").state == "requires_action"
     reservation_release(holder=saga.public_id, status="EXPIRED")
     _start(_cart(product))  # someone else takes both units
+    saga = _reload(saga)  # the first charge recorded the intent it created
     stripe_emulator.authenticate(saga.payment_intent_id)
     intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
     saga = _reload(saga)
@@ -266,10 +291,26 @@ def test_refund_failure_is_retried_by_recovery(stripe_emulator):
 # --- time --------------------------------------------------------------------------------------------
 
 
-def test_expiry_compensates_to_expired_and_cancels_the_intent(stripe_emulator, settings):
+def test_expiry_before_paying_costs_stripe_nothing(stripe_emulator, settings):
+    settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1
+    product = make_product()
+    stripe_requests = stripe_request_counter(stripe_emulator)
+    saga = _start(_cart(product))
+    assert reservations_release_expired(now=later()) == [saga.public_id]
+    saga = _reload(saga)
+    assert saga.state == "expired" and stock(product) == (10, 0)
+    assert saga.payment_intent_id == "" and stripe_requests() == 0
+    assert Order.objects.get(pk=saga.order_id).status == "cancelled"
+    invariants_hold()
+
+
+def test_expiry_after_a_decline_cancels_the_intent(stripe_emulator, settings):
     settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1
     product = make_product()
     saga = _start(_cart(product))
+    with pytest.raises(Exception) as declined:
+        checkout_confirm(saga_id=saga.pk, payment_method="pm_card_chargeDeclined")
+    assert declined.value.code == "payment_declined"
     assert reservations_release_expired(now=later()) == [saga.public_id]
     saga = _reload(saga)
     assert saga.state == "expired" and stock(product) == (10, 0)
@@ -286,6 +327,7 @@ def test_expiry_while_in_three_d_secure_extends_the_hold(stripe_emulator):
     assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_threeDSecure2Required").state == "requires_action"
     assert reservations_release_expired(now=later(minutes=20)) == []
     assert held(saga.public_id) == 2
+    saga = _reload(saga)  # the first charge recorded the intent it created
     stripe_emulator.authenticate(saga.payment_intent_id)
     intent_listeners_notify(intent=payment_intent_retrieve(intent_id=saga.payment_intent_id), source="webhook")
     assert _reload(saga).state == "confirmed"
@@ -332,7 +374,7 @@ def test_the_checkout_is_settled_for_its_intent_only_once_confirmed(stripe_emula
     from orders.saga import saga_settled_for_intent
 
     saga = _start(_cart(make_product()))
-    intent_id = saga.payment_intent_id
+    intent_id = saga_mod.checkout_payment_intent(saga_id=saga.pk).payment_intent_id
     assert not saga_settled_for_intent(intent_id, "succeeded")  # awaiting payment: the webhook may matter
     assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
     assert saga_settled_for_intent(intent_id, "succeeded")

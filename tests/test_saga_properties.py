@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+import stripe
 from django.apps import apps
 from django.conf import settings
 from django.db import connection
@@ -52,10 +53,10 @@ from orders.errors import (
     ReservationExpired,
 )
 from orders.models import CheckoutSaga, Order
-from orders.saga import checkout_cancel, checkout_confirm, checkout_start, saga_recover
+from orders.saga import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.services import outbox_process_pending
 from payments.emulator.webhooks import sign
-from payments.gateway import PaymentTransientError
+from payments.gateway import PaymentMethodInvalid, PaymentTransientError
 from payments.hooks import NotKnownYet
 from payments.webhooks import webhook_event_process, webhook_event_receive
 
@@ -70,6 +71,7 @@ CARDS = [
     "pm_card_visa_chargeDeclined",
     "pm_card_visa_chargeDeclinedInsufficientFunds",
     "pm_card_threeDSecure2Required",
+    "pm_card_unknown",  # Stripe refuses it: payment_method_invalid, not a decline
 ]
 EXPECTED = (
     CartEmpty,
@@ -80,6 +82,7 @@ EXPECTED = (
     InsufficientStock,
     InventoryContention,
     PaymentDeclined,
+    PaymentMethodInvalid,
     ReservationExpired,
 )
 OUTCOMES: Counter[str] = Counter()
@@ -163,6 +166,22 @@ class CheckoutMachine(RuleBasedStateMachine):
     def confirm(self, saga_id: int, card: str) -> None:
         self._run(checkout_confirm, saga_id=saga_id, payment_method=card)
 
+    @rule(saga_id=checkouts)
+    def ask_for_intent(self, saga_id: int) -> None:
+        """A Stripe.js storefront asks for the order's one PaymentIntent (``/payment-intent``)."""
+        self._run(checkout_payment_intent, saga_id=saga_id)
+
+    @rule(saga_id=checkouts, card=st.sampled_from(CARDS[:-1]))
+    def pay_on_client(self, saga_id: int, card: str) -> None:
+        """Stripe.js confirms the intent in the browser: only a webhook or recovery tells us."""
+        saga = self._get(saga_id)
+        if saga.payment_intent_id:
+            try:
+                intents = self.emulator.client().v1.payment_intents
+                intents.confirm(saga.payment_intent_id, params={"payment_method": card})
+            except stripe.StripeError:
+                pass  # a decline, or the intent is not confirmable any more: Stripe.js shows it to the buyer
+
     @rule(saga_id=checkouts, outcome=st.sampled_from(["succeed", "succeed", "fail"]))
     def authenticate(self, saga_id: int, outcome: str) -> None:
         """The buyer finishes (or fails) 3-D Secure in the browser; only a webhook or recovery tells us."""
@@ -209,6 +228,8 @@ class CheckoutMachine(RuleBasedStateMachine):
     @rule(
         fault=st.sampled_from(
             [
+                ("POST /v1/payment_intents", "lose_response"),
+                ("POST /v1/payment_intents", "http_500"),
                 ("POST /v1/payment_intents/*/confirm", "lose_response"),
                 ("POST /v1/payment_intents/*/confirm", "http_500"),
                 ("POST /v1/payment_intents/*/cancel", "http_500"),
