@@ -56,7 +56,7 @@ def test_latency_is_added_to_each_call_and_concurrent_calls_overlap(emulator_fac
     failures: list[BaseException] = []
 
     def one() -> None:
-        client = emulator.client()
+        client = emulator.client(max_network_retries=0, http_client=stripe.new_default_http_client(timeout=20))
         barrier.wait()
         t0 = time.perf_counter()
         try:
@@ -69,7 +69,8 @@ def test_latency_is_added_to_each_call_and_concurrent_calls_overlap(emulator_fac
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "the calls were never all answered"
     assert not failures
     assert min(durations) >= latency_ms / 1000
     health = emulator.control("GET", "/_emulator/health")
