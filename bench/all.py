@@ -12,6 +12,13 @@ redis-server, the Stripe emulator (webhooks to the server), gunicorn and one Cel
 - hot-product rush: ``checkout/start`` for ONE product, each client its own (pre-filled) cart;
 - spread checkout: start + confirm (``pm_card_visa``) over 64 products; the rate is completed checkouts/s,
   the percentiles are per HTTP request;
+- full checkout: add to cart + start + confirm over HTTP, one buyer per call (rate: completed checkouts/s);
+
+then the emulator is restarted as slow and as rate-limited as real Stripe (``--stripe-latency-ms`` 300,
+``--stripe-rate-limits`` 25/100, i.e. STRIPE_EMULATOR_LATENCY_MS / STRIPE_EMULATOR_RATE_LIMITS) and the
+hot rush and the full checkout run again beside their fast figures, followed by a flash-sale sell-out
+(2,000 buyers for 500 units: time to sell out against the floor the confirm rate limit sets, units sold
+once, buyer-visible failures, double charges);
 
 then the ceilings on the same PostgreSQL and Redis (bench/ceiling.py), zero oversell and
 ``check_invariants``; prints one table and writes ``bench/results/<UTC time>.json``.
@@ -32,6 +39,7 @@ from typing import Any
 import httpx
 
 from bench import checkout as wl
+from bench import flashsale as fs
 from bench import stack as st
 from bench.ceiling import postgres_ceilings, redis_ceilings
 from bench.cpu import cpu_per_request, cpu_snapshot
@@ -110,6 +118,55 @@ def _oversell() -> list[str]:
     return [f"stock {s.product_id}: on_hand={s.on_hand} reserved={s.reserved}" for s in bad]
 
 
+def _restart_emulator(stack: st.Stack, extra_env: dict[str, str]) -> None:
+    """The emulator again on the same port (the servers' STRIPE_API_BASE), with ``extra_env`` in its environment.
+
+    The fast run's webhooks are delivered first: a restarted emulator forgets its queue."""
+    _wait_settled(stack)
+    stack.procs["stripe"].stop()
+    saved = stack.env
+    stack.env = {**saved, **extra_env}
+    try:
+        stack.start_emulator(int(stack.stripe_url.rsplit(":", 1)[1]))
+    finally:
+        stack.env = saved
+
+
+def _sellout_product(units: int) -> int:
+    from inventory.flashsale import flash_sale_start
+    from inventory.models import Product, Stock
+
+    product = Product.objects.create(sku="BENCH-SELLOUT", name="Bench sell-out", price=2500, currency="usd")
+    Stock.objects.create(product=product, on_hand=units)
+    flash_sale_start(product_id=product.id)
+    return product.id
+
+
+def _sold_once(product_id: int, sale: fs.SellOut, charges: dict[str, int]) -> dict[str, Any]:
+    """Units sold, and each exactly once: every paid unit is one order with one succeeded PaymentIntent."""
+    from django.db.models import Sum
+
+    from orders.models import OrderLine
+
+    paid = ("paid", "confirmed", "fulfilled")
+    lines = OrderLine.objects.filter(product_id=product_id, order__status__in=paid)
+    paid_units = lines.aggregate(n=Sum("quantity"))["n"] or 0
+    paid_orders = set(lines.values_list("order__public_id", flat=True))  # the API's orderId, Stripe's order_id
+    sold_orders = set(sale.orders)
+    charged = {o: n for o, n in charges.items() if o in paid_orders or o in sold_orders}
+    return {
+        "paid_units": paid_units,
+        "confirmed_answers": len(sale.orders),
+        "distinct_orders_confirmed": len(set(sale.orders)),
+        "paid_orders_with_one_charge": sum(1 for o in paid_orders if charges.get(o) == 1),
+        "double_charges": sum(n - 1 for n in charged.values() if n > 1),
+        "confirmed_but_not_paid": len(sold_orders - paid_orders),
+        "sold_once": paid_units == len(paid_orders) == len(set(sale.orders))
+        and all(charges.get(o) == 1 for o in paid_orders)
+        and paid_units <= sale.units,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench all", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=64)
@@ -120,14 +177,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="WARNING", help="the server's LOG_LEVEL (INFO logs every request)")
     parser.add_argument("--hot-carts", type=int, default=3000, help="request budget of the hot rush")
     parser.add_argument("--spread-carts", type=int, default=2000, help="checkout budget of the spread run")
+    parser.add_argument("--full-checkouts", type=int, default=3000, help="checkout budget of each full-checkout run")
+    parser.add_argument("--stripe-latency-ms", default="300", help="the realistic emulator's latency")
+    parser.add_argument("--stripe-rate-limits", default="25/100", help="the realistic emulator's ENDPOINT/GLOBAL")
+    parser.add_argument("--sellout-buyers", type=int, default=2000)
+    parser.add_argument("--sellout-units", type=int, default=500)
+    parser.add_argument("--sellout-clients", type=int, default=256, help="buyers in flight at once")
+    parser.add_argument("--sellout-seconds", type=float, default=90.0, help="time budget of the sell-out")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
-    parser.add_argument("--only", default="", help="comma-separated subset: healthz,cart,flash,hot,spread,ceiling")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset: healthz,cart,flash,hot,spread,full,realistic,sellout,ceiling "
+        "(realistic = hot rush and full checkout against the realistic emulator)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and the logs")
     parser.add_argument("--json", type=Path, help="also write the results here (e.g. bench/results/latest.json)")
     args = parser.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()} or {
-        "healthz", "cart", "flash", "hot", "spread", "ceiling"
+        "healthz", "cart", "flash", "hot", "spread", "full", "realistic", "sellout", "ceiling"
     }  # fmt: skip
+    realistic_env = {
+        "STRIPE_EMULATOR_LATENCY_MS": str(args.stripe_latency_ms),
+        "STRIPE_EMULATOR_RATE_LIMITS": args.stripe_rate_limits,
+    }
+    from payments.emulator.realism import parse_rate_limits
+
+    endpoint_rate, global_rate = parse_rate_limits(args.stripe_rate_limits)
+    stripe_rate = min(r for r in (endpoint_rate, global_rate, math.inf) if r is not None)
 
     server = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
     db_name = os.environ.get("BENCH_DB", "cartflow_bench")  # a private name when others bench beside you
@@ -145,6 +222,9 @@ def main(argv: list[str]) -> int:
         spread_tokens = wl.carts_fill(product_ids=catalog.spread, count=args.spread_carts if "spread" in only else 0)
         flash_tokens = wl.carts_fill(product_ids=[catalog.flash], count=args.clients)
         warm_tokens = wl.carts_fill(product_ids=catalog.spread, count=16)
+        hot_real_tokens = wl.carts_fill(product_ids=[catalog.hot], count=args.hot_carts if "realistic" in only else 0)
+        sellout_id = _sellout_product(args.sellout_units) if "sellout" in only else 0
+        sellout_tokens = wl.carts_fill(product_ids=[sellout_id], count=args.sellout_buyers) if sellout_id else []
         web = stack.start_web(worker_class=args.worker_class, workers=args.workers, threads=args.threads)
         stack.start_emulator(int(stack.stripe_url.rsplit(":", 1)[1]))
         stack.start_worker(concurrency=4)
@@ -251,7 +331,59 @@ def main(argv: list[str]) -> int:
                     "met": rate >= 100 and p99 < 500,
                 }
             )
+        full: dict[str, tuple[Result, wl.Steps]] = {}
+        if "full" in only:
+            full["fast"] = _full_checkout(url, catalog, args)
+        sale = None
+        if only & {"realistic", "sellout"}:
+            _restart_emulator(stack, realistic_env)
+            print(f"emulator now realistic: {json.dumps(realistic_env)}", flush=True)
+            if "realistic" in only:
+                hot_real = run(
+                    base_url=url,
+                    request=wl.start_only(hot_real_tokens),
+                    name="hot-realistic",
+                    clients=args.clients,
+                    seconds=args.seconds,
+                    max_requests=len(hot_real_tokens),
+                )
+                checks["hot_started"] = checks.get("hot_started", 0) + hot_real.statuses.get(201, 0)
+                fast_hot = next((r for r in rows if r["workload"] == "hot rush start"), None)
+                rate = hot_real.statuses.get(201, 0) / hot_real.seconds
+                fast_rate = fast_hot["ok_rate"] if fast_hot else float("nan")
+                rows.append(
+                    _row(
+                        "hot rush, real. Stripe",
+                        hot_real,
+                        rate=rate,
+                        ratio=rate / fast_rate if fast_hot else float("nan"),
+                        ratio_to="hot rush (fast)",
+                        target=">= 0.90 x fast, p99 < 400 ms",
+                        met=bool(fast_hot) and rate >= 0.9 * fast_rate and hot_real.p99 < 400,
+                    )
+                )
+                full["realistic"] = _full_checkout(url, catalog, args, name="full-realistic")
+            if "sellout" in only:
+                sale = fs.SellOut(sellout_tokens, args.sellout_units)
+                sellout = run(
+                    base_url=url,
+                    request=sale.buyer,
+                    name="sellout",
+                    clients=args.sellout_clients,
+                    seconds=args.sellout_seconds,
+                    max_requests=len(sellout_tokens),
+                    timeout=60.0,
+                )
+                checks["sellout_buyers_answered"] = sellout.requests
+        for profile, (result, steps) in full.items():
+            rows.append(_full_row(profile, result, steps, full, stripe_rate))
         _wait_settled(stack)
+        if sale is not None:
+            charges = fs.charges_by_order(stack.stripe_url)
+            figures = sale.figures(confirm_rate=endpoint_rate or global_rate or math.inf)
+            figures.update(_sold_once(sellout_id, sale, charges))
+            checks["sellout"] = figures
+            rows.append(_sellout_row(figures))
         worker_pids = web.children()
         checks["web_workers_alive"] = len(worker_pids)
     finally:
@@ -307,6 +439,7 @@ def main(argv: list[str]) -> int:
                      "target": ceiling["tool"]})  # fmt: skip
 
     _print_table(rows)
+    _print_comparison(rows, checks)
     ok = checks.get("invariants") == "clean" and not checks.get("oversold")
     print(f"checks: {json.dumps(checks, default=str)}")
     print(f"total wall time {time.monotonic() - t_start:.0f} s")
@@ -331,6 +464,100 @@ def main(argv: list[str]) -> int:
         args.json.write_text(text)
     print(f"results: {out}")
     return 0 if ok else 1
+
+
+def _full_checkout(
+    url: str, catalog: wl.Catalog, args: argparse.Namespace, name: str = "full"
+) -> tuple[Result, wl.Steps]:
+    steps = wl.Steps()
+    result = run(
+        base_url=url,
+        request=wl.add_start_confirm(catalog.spread, steps),
+        name=name,
+        clients=args.clients,
+        seconds=args.seconds,
+        max_requests=args.full_checkouts,
+        timeout=60.0,
+    )
+    return result, steps
+
+
+def _full_row(
+    profile: str, result: Result, steps: wl.Steps, full: dict[str, tuple[Result, wl.Steps]], stripe_rate: float
+) -> dict[str, Any]:
+    """One buyer's add + start + confirm; percentiles per checkout, the steps' medians beside them."""
+    rate = steps.completed / result.seconds
+    row = _row("full checkout" if profile == "fast" else "full checkout, real. Stripe", result)
+    row.update(
+        rate=rate,
+        completed=steps.completed,
+        errors=dict(steps.outcomes),
+        cpu_ms=_rescale(result, steps.completed),
+        step_p50_ms={k: wl.percentile(v, 50) for k, v in steps.by_step.items()},
+        step_p99_ms={k: wl.percentile(v, 99) for k, v in steps.by_step.items()},
+    )
+    if profile == "fast":
+        row["target"] = "reference for the realistic run"
+        return row
+    if "fast" in full:
+        fast = full["fast"][1].completed / full["fast"][0].seconds
+        reference = min(fast, stripe_rate)
+        row.update(ratio=rate / reference, ratio_to=f"min(fast, {stripe_rate:g}/s)", target_rate=0.8 * reference,
+                   met=rate >= 0.8 * reference)  # fmt: skip
+    row["target"] = f">= 0.80 x min(fast, {stripe_rate:g}/s)"
+    return row
+
+
+def _sellout_row(f: dict[str, Any]) -> dict[str, Any]:
+    seconds = f["sell_out_seconds"]
+    return {
+        "workload": "flash sell-out, real. Str",
+        "rate": f["sold"] / seconds if seconds else None,
+        "p50_ms": f["confirm_p50_ms"],
+        "p99_ms": f["confirm_p99_ms"],
+        "ratio": f["ratio_to_floor"],
+        "ratio_to": "floor (units / confirm limit)",
+        "target": f"sold out <= 1.25 x {f['floor_seconds']:g} s, sold once, 0 double",
+        "met": bool(seconds and f["ratio_to_floor"] <= 1.25 and f["sold_once"] and not f["double_charges"]),
+        "errors": f["buyer_visible_failures"],
+    }
+
+
+def _print_comparison(rows: list[dict[str, Any]], checks: dict[str, Any]) -> None:
+    by_name = {r["workload"]: r for r in rows}
+    pairs = [("hot rush start", "hot rush, real. Stripe"), ("full checkout", "full checkout, real. Stripe")]
+    if not any(real in by_name for _, real in pairs) and "sellout" not in checks:
+        return
+    print("\nfast vs realistic Stripe (medians; ratio = realistic / fast):")
+    for fast_name, real_name in pairs:
+        fast, real = by_name.get(fast_name), by_name.get(real_name)
+        if not (fast and real):
+            continue
+        rate_ratio = real["rate"] / fast["rate"] if fast.get("rate") else float("nan")
+        print(
+            f"  {fast_name:<15} rate {_fmt(fast['rate'])} -> {_fmt(real['rate'])}/s ({_fmt(rate_ratio, '.2f')}), "
+            f"p50 {_fmt(fast['p50_ms'], '.0f')} -> {_fmt(real['p50_ms'], '.0f')} ms, "
+            f"p99 {_fmt(fast['p99_ms'], '.0f')} -> {_fmt(real['p99_ms'], '.0f')} ms"
+        )
+        for step in real.get("step_p50_ms", {}):
+            print(
+                f"    {step:<13} p50 {_fmt(fast.get('step_p50_ms', {}).get(step), '.0f')} -> "
+                f"{_fmt(real['step_p50_ms'][step], '.0f')} ms, p99 "
+                f"{_fmt(fast.get('step_p99_ms', {}).get(step), '.0f')} -> {_fmt(real['step_p99_ms'][step], '.0f')} ms"
+            )
+    f = checks.get("sellout")
+    if f:
+        when = f"{f['sell_out_seconds']:.1f} s" if f["sell_out_seconds"] else f"not sold out ({f['sold']} sold)"
+        print(
+            f"  flash sell-out  {f['units']} units: {when}, floor {f['floor_seconds']:g} s "
+            f"(ratio {_fmt(f['ratio_to_floor'], '.2f')}, target <= 1.25); paid units {f['paid_units']}, "
+            f"sold once: {'yes' if f['sold_once'] else 'NO'}, double charges {f['double_charges']}; "
+            f"start p50/p99 {_fmt(f['start_p50_ms'])}/{_fmt(f['start_p99_ms'])} ms, "
+            f"confirm p50/p99 {_fmt(f['confirm_p50_ms'])}/{_fmt(f['confirm_p99_ms'])} ms"
+        )
+        failures = f["buyer_visible_failures"] or "none"
+        print(f"    {f['buyers']} buyers; buyer-visible failures (last answer not sold_out / insufficient_stock): "
+              f"{failures}; every answer (busy ones retried after Retry-After): {f['answers']}")  # fmt: skip
 
 
 def _rescale(result: Result, count: int) -> dict[str, float]:

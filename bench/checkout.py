@@ -2,7 +2,8 @@
 
 Carts are filled in-process before a run (``cart_item_add`` on the same Redis the server uses), so a
 timed request is only the one being measured: ``checkout/start`` for the hot rush, start + confirm for
-the spread checkout, and a ``sold_out`` start for the flash sale.
+the spread checkout, and a ``sold_out`` start for the flash sale. The full checkout is the whole journey
+over HTTP: add to cart, start, confirm.
 """
 
 from __future__ import annotations
@@ -71,9 +72,13 @@ class Steps:
     outcomes: Counter[str] = field(default_factory=Counter)
     completed: int = 0
     checkouts: list[str] = field(default_factory=list)
+    by_step: dict[str, list[float]] = field(default_factory=dict)
 
-    def record(self, started: float, response: httpx.Response) -> None:
-        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+    def record(self, started: float, response: httpx.Response, step: str = "") -> None:
+        ms = (time.perf_counter() - started) * 1000
+        self.latencies_ms.append(ms)
+        if step:
+            self.by_step.setdefault(step, []).append(ms)
         if response.status_code >= 400:
             try:
                 code = response.json().get("code")
@@ -115,6 +120,33 @@ def start_and_confirm(tokens: list[str], steps: Steps, payment_method: str = "pm
         body = {"paymentMethodId": payment_method, "checkoutId": checkout_id}
         response = await http.post("/api/checkout/confirm", headers=headers, json=body)
         steps.record(t0, response)
+        if response.status_code == 200:
+            steps.completed += 1
+        return response
+
+    return checkout
+
+
+def add_start_confirm(product_ids: list[int], steps: Steps, payment_method: str = "pm_card_visa") -> Callable[..., Any]:
+    """Each call is one buyer's whole checkout over HTTP: add one unit to a new cart, start, confirm."""
+
+    async def checkout(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+        product_id = product_ids[(state.index + state.sent) % len(product_ids)]
+        t0 = time.perf_counter()
+        response = await http.post("/api/cart/items", json={"productId": product_id, "quantity": 1})
+        steps.record(t0, response, "add")
+        if response.status_code != 201:
+            return response
+        headers = {"X-Cart-Token": response.headers["X-Cart-Token"]}
+        t0 = time.perf_counter()
+        response = await http.post("/api/checkout/start", headers=headers, json={})
+        steps.record(t0, response, "start")
+        if response.status_code not in (200, 201):
+            return response
+        body = {"paymentMethodId": payment_method, "checkoutId": response.json()["checkoutId"]}
+        t0 = time.perf_counter()
+        response = await http.post("/api/checkout/confirm", headers=headers, json=body)
+        steps.record(t0, response, "confirm")
         if response.status_code == 200:
             steps.completed += 1
         return response

@@ -7,11 +7,16 @@ buyer (``--buyers``), then every buyer sends ``POST /api/checkout/start`` at onc
 bench/driver.py). It prints, per mode, the rate and p50/p99 of admissions (201) and of rejections
 (409 sold_out / 429 flash_sale_busy with the pool; 409 insufficient_stock / 503 inventory_contention
 without), and the ratios between the modes.
+
+``SellOut`` below is the other flash-sale workload, run by ``make bench`` (bench/all.py): buyers who start
+and confirm (``pm_card_visa``) until the units are sold, against an emulator as slow and as rate-limited
+as real Stripe.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -237,3 +242,116 @@ def _report(args: argparse.Namespace, figures: dict[str, Any], sold: dict[str, i
     if pa and fa:
         print(f"  admission p50 {pa['p50_ms'] / fa['p50_ms']:.1f}x   admission p99 {pa['p99_ms'] / fa['p99_ms']:.1f}x")
     print(f"  whole rush   {figures['plain']['seconds'] / figures['flash']['seconds']:.1f}x")
+
+
+# --- the sell-out against a realistic Stripe (run by bench/all.py) ------------------------------------------
+# Final answers that are not a buyer-visible failure: the sale is over for that buyer.
+SOLD_OUT_CODES = ("sold_out", "insufficient_stock")
+# Answers a storefront retries by itself after their Retry-After (nothing was charged; the same call is safe).
+RETRYABLE_CODES = (
+    "flash_sale_busy",
+    "payment_provider_busy",
+    "idempotency_request_in_progress",
+    "inventory_contention",
+)
+
+
+class SellOut:
+    """Buyers at a flash sale: each starts the checkout of its (pre-filled) cart and, when admitted, confirms
+    with ``pm_card_visa``; a busy answer is retried after its Retry-After, as a storefront would.
+
+    ``answers`` counts every answer seen; ``outcomes`` each buyer's last one (``sold``, ``sold_out``, or the
+    failure a buyer is left with)."""
+
+    def __init__(self, tokens: list[str], units: int, payment_method: str = "pm_card_visa") -> None:
+        self.tokens = list(tokens)
+        self.units = units
+        self.payment_method = payment_method
+        self.started_at: float | None = None
+        self.sold_at: list[float] = []  # seconds from the first request to each confirmed order
+        self.answers: dict[str, int] = defaultdict(int)
+        self.outcomes: dict[str, int] = defaultdict(int)
+        self.start_ms: list[float] = []
+        self.confirm_ms: list[float] = []
+        self.orders: list[str] = []
+
+    async def buyer(self, http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+        if self.started_at is None:
+            self.started_at = time.perf_counter()
+        headers = {"X-Cart-Token": self.tokens.pop()}
+        response, code = await self._call(http, "/api/checkout/start", headers, {}, self.start_ms)
+        if response.status_code != 201:
+            self.outcomes[code] += 1
+            return response
+        body = {"paymentMethodId": self.payment_method, "checkoutId": response.json()["checkoutId"]}
+        response, code = await self._call(http, "/api/checkout/confirm", headers, body, self.confirm_ms)
+        if response.status_code == 200:
+            self.sold_at.append(time.perf_counter() - self.started_at)
+            self.orders.append(response.json()["orderId"])
+            code = "sold"
+        self.outcomes[code] += 1
+        return response
+
+    async def _call(
+        self, http: httpx.AsyncClient, path: str, headers: dict[str, str], body: dict[str, Any], times: list[float]
+    ) -> tuple[httpx.Response, str]:
+        for _ in range(60):
+            t0 = time.perf_counter()
+            response = await http.post(path, headers=headers, json=body)
+            times.append((time.perf_counter() - t0) * 1000)
+            code = self._note(response)
+            if code not in RETRYABLE_CODES:
+                return response, code
+            await asyncio.sleep(min(5.0, float(response.headers.get("Retry-After") or 1)))
+        return response, f"gave_up_after_{code}"
+
+    def _note(self, response: httpx.Response) -> str:
+        if response.status_code < 400:
+            key = str(response.status_code)
+        else:
+            try:
+                key = response.json().get("code") or f"http_{response.status_code}"
+            except ValueError:
+                key = f"http_{response.status_code}"
+        self.answers[key] += 1
+        return key
+
+    def figures(self, *, confirm_rate: float) -> dict[str, Any]:
+        floor = self.units / confirm_rate
+        sold = len(self.sold_at)
+        sell_out_s = sorted(self.sold_at)[self.units - 1] if sold >= self.units else None
+        return {
+            "units": self.units,
+            "buyers": sum(self.outcomes.values()),
+            "sold": sold,
+            "sell_out_seconds": sell_out_s,
+            "floor_seconds": floor,
+            "ratio_to_floor": sell_out_s / floor if sell_out_s else None,
+            "outcomes": dict(self.outcomes),
+            "buyer_visible_failures": {
+                k: v for k, v in self.outcomes.items() if k != "sold" and k not in SOLD_OUT_CODES
+            },
+            "answers": dict(self.answers),
+            "start_p50_ms": _pct(self.start_ms, 50),
+            "start_p99_ms": _pct(self.start_ms, 99),
+            "confirm_p50_ms": _pct(self.confirm_ms, 50),
+            "confirm_p99_ms": _pct(self.confirm_ms, 99),
+        }
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))], 1)
+
+
+def charges_by_order(stripe_url: str) -> dict[str, int]:
+    """Succeeded PaymentIntents per order, from the emulator's event log (its control API is not limited)."""
+    events = httpx.get(f"{stripe_url}/_emulator/events", timeout=30).json()["events"]
+    succeeded: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event["type"] == "payment_intent.succeeded":
+            obj = event["data"]["object"]
+            succeeded[(obj.get("metadata") or {}).get("order_id", "?")].add(obj["id"])
+    return {order: len(ids) for order, ids in succeeded.items()}

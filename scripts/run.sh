@@ -4,7 +4,9 @@
 #
 # Environment: PORT (8000), WEB_CONCURRENCY (gunicorn workers, 2), GUNICORN_THREADS (threads per worker, 4),
 # CELERY_CONCURRENCY (2), CARTFLOW_EMBEDDED=1 (embedded PostgreSQL + Redis under .data/ even when local
-# servers answer), plus everything cartflow/settings.py reads (README.md, "Configuration", lists it).
+# servers answer), STRIPE_EMULATOR_LATENCY_MS / STRIPE_EMULATOR_LATENCY_JITTER_MS / STRIPE_EMULATOR_RATE_LIMITS
+# (the emulator's realistic profile; they reach it through honcho's environment), plus everything
+# cartflow/settings.py reads (README.md, "Configuration", lists it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"

@@ -1,5 +1,5 @@
 """``python -m payments.emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]
-[--enabled-events TYPE,TYPE|*]``."""
+[--enabled-events TYPE,TYPE|*] [--latency-ms MS] [--latency-jitter-ms MS] [--rate-limits ENDPOINT/GLOBAL]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,25 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from .realism import RealismSpecError, parse_rate_limits
 from .server import EmulatorServer
+
+
+def _rate_limits(text: str) -> tuple[float | None, float | None]:
+    try:
+        return parse_rate_limits(text)
+    except RealismSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"milliseconds must be a number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("milliseconds must be >= 0")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +51,25 @@ def main(argv: list[str] | None = None) -> int:
         help='event types to deliver, comma-separated, or "*" for all (env STRIPE_WEBHOOK_EVENTS; default "*"); '
         "every event is still listed by /v1/events",
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=_ms,
+        default=os.environ.get("STRIPE_EMULATOR_LATENCY_MS") or "0",
+        help="added to every API answer, like real Stripe's (env STRIPE_EMULATOR_LATENCY_MS; default 0)",
+    )
+    parser.add_argument(
+        "--latency-jitter-ms",
+        type=_ms,
+        default=os.environ.get("STRIPE_EMULATOR_LATENCY_JITTER_MS") or None,
+        help="uniform +/- jitter of that latency (env STRIPE_EMULATOR_LATENCY_JITTER_MS; default 20%% of it)",
+    )
+    parser.add_argument(
+        "--rate-limits",
+        type=_rate_limits,
+        default=os.environ.get("STRIPE_EMULATOR_RATE_LIMITS") or "off",
+        help="requests per second PER_ENDPOINT/GLOBAL past which the API answers 429 rate_limit, e.g. 25/100 "
+        "(Stripe's; env STRIPE_EMULATOR_RATE_LIMITS; default off)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -44,15 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         webhook_max_attempts=args.webhook_max_attempts,
         webhook_retry_base=args.webhook_retry_base_ms / 1000,
         enabled_events=args.enabled_events,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        rate_limits=args.rate_limits,
         verbose=args.verbose,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.bind()
     logging.getLogger("payments.emulator").info(
-        "Stripe emulator on %s, webhooks to %s (events: %s)",
+        "Stripe emulator on %s, webhooks to %s (events: %s); latency %s, rate limits %s",
         server.url,
         args.webhook_url or "(none)",
         args.enabled_events,
+        server.latency.describe(),
+        server.rate_limiter.describe(),
     )
     assert server._httpd is not None
     try:

@@ -6,6 +6,7 @@ Pure standard library, no Django: ``EmulatorServer(...).start()`` serves it from
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -13,7 +14,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,6 +24,7 @@ from .errors import ApiError
 from .faults import BEFORE_OPERATION, FaultSpecError, FaultTable
 from .forms import parse_form
 from .idempotency import StoredResponse
+from .realism import Latency, RateLimiter
 from .state import API_VERSION, EmulatorState, RequestInfo, new_id
 from .webhooks import WebhookDispatcher, parse_enabled_events
 
@@ -36,10 +38,11 @@ class Route:
     method: str
     pattern: re.Pattern[str]
     action: Callable[[EmulatorState, tuple[str, ...], dict[str, Any], RequestInfo], dict[str, Any]]
+    endpoint: str  # "POST /v1/payment_intents/{id}/confirm": what a per-endpoint rate limit counts
 
 
 def _route(method: str, path: str, action) -> Route:
-    return Route(method, re.compile("^" + path.replace("{id}", _ID) + "$"), action)
+    return Route(method, re.compile("^" + path.replace("{id}", _ID) + "$"), action, f"{method} {path}")
 
 
 ROUTES = [
@@ -74,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     server_version = "stripe-emulator"
     sys_version = ""
+    _delay = 0.0  # seconds of configured latency this API request still owes (realism.py)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if self.server.emulator.verbose:
@@ -93,16 +97,25 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         parts = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._delay = 0.0
         try:
             if parts.path.startswith("/_emulator/"):
                 status, payload = emulator.control(method, parts.path, body)
                 self._send(status, json.dumps(payload).encode())
             else:
-                self._api(method, parts.path, parts.query, body)
+                with emulator.in_flight():
+                    self._api(method, parts.path, parts.query, body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
+    def _wait(self) -> None:
+        """Spend this API request's configured latency (once), outside every lock."""
+        if self._delay > 0:
+            time.sleep(self._delay)
+        self._delay = 0.0
+
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._wait()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -114,6 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         """Close the connection without answering: the client sees a reset, not a response."""
+        self._wait()
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -139,6 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         request_id = new_id("req", 14)
         headers = {"Request-Id": request_id}
+        self._delay = emulator.latency.sample()
         api_key = self._api_key()
         if api_key is None:
             error = ApiError(
@@ -152,6 +167,19 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None:
             error = ApiError(404, f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs.")
             self._send(404, json.dumps(error.body()).encode(), headers)
+            return
+        limited = emulator.rate_limiter.admit(route.endpoint)
+        if limited:
+            # Before faults and idempotency: a rate-limited request changes nothing and claims no key. Stripe's
+            # client libraries do not retry these (only lock timeouts get Stripe-Should-Retry: true).
+            error = ApiError(
+                429,
+                "Request rate limit exceeded. You can learn more about rate limits here "
+                "https://stripe.com/docs/rate-limits.",
+                code="rate_limit",
+            )
+            headers["Stripe-Rate-Limited-Reason"] = limited
+            self._send(429, json.dumps(error.body()).encode(), headers)
             return
         params = parse_form(body if method == "POST" else query)
         fired = emulator.faults.take(method, path)
@@ -181,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         latency = sum(f.ms for f in fired if f.fault == "latency")
         if latency:
             time.sleep(latency / 1000)
+        self._wait()  # the configured latency, inside the idempotency window like Stripe's own processing time
         req = RequestInfo(request_id=request_id, idempotency_key=idempotency_key, force_decline="decline" in kinds)
         store = True
         try:
@@ -252,6 +281,9 @@ class EmulatorServer:
         webhook_retry_base: float = 0.5,
         webhook_timeout: float = 5.0,
         enabled_events: str | list[str] | tuple[str, ...] | None = None,
+        latency_ms: float = 0,
+        latency_jitter_ms: float | None = None,
+        rate_limits: tuple[float | None, float | None] = (None, None),
         verbose: bool = False,
     ) -> None:
         self.host = host
@@ -271,6 +303,11 @@ class EmulatorServer:
         self.state = EmulatorState(on_event=self.webhooks.submit)
         self.webhooks._now = self.state.now
         self.faults = FaultTable(self.state.lock)
+        self.latency = Latency(latency_ms, latency_jitter_ms)
+        self.rate_limiter = RateLimiter(*rate_limits)
+        self._flight_lock = threading.Lock()
+        self.api_in_flight = 0
+        self.api_peak_in_flight = 0  # most API requests answered at once (the server is threaded)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -315,15 +352,29 @@ class EmulatorServer:
         self.webhooks.stop()
 
     def reset(self) -> None:
-        """Forget every object, event, idempotency key, fault, queued webhook and clock offset.
+        """Forget every object, event, idempotency key, fault, queued webhook, rate-limit bucket and clock offset.
 
         Webhook settings changed through ``configure`` go back to the constructor's; the URL is kept.
         """
         self.faults.clear()
+        self.rate_limiter.reset()
+        with self._flight_lock:
+            self.api_peak_in_flight = self.api_in_flight
         self.webhooks.reset()
         hooks = self.webhooks
         hooks.secret, hooks.max_attempts, hooks.retry_base, hooks.enabled_events = self._webhook_defaults
         self.state.reset()
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        with self._flight_lock:
+            self.api_in_flight += 1
+            self.api_peak_in_flight = max(self.api_peak_in_flight, self.api_in_flight)
+        try:
+            yield
+        finally:
+            with self._flight_lock:
+                self.api_in_flight -= 1
 
     def set_webhook_url(self, url: str | None) -> None:
         self.webhooks.url = url
@@ -349,7 +400,15 @@ class EmulatorServer:
         route = (method, path.rstrip("/"))
         try:
             if route == ("GET", "/_emulator/health"):
-                return 200, {"status": "ok", "url": self.url, **self.state.counts()}
+                return 200, {
+                    "status": "ok",
+                    "url": self.url,
+                    **self.state.counts(),
+                    "latency": self.latency.describe(),
+                    "rate_limits": self.rate_limiter.describe(),
+                    "api_in_flight": self.api_in_flight,
+                    "api_peak_in_flight": self.api_peak_in_flight,
+                }
             if route == ("POST", "/_emulator/reset"):
                 self.reset()
                 return 200, {"status": "reset"}
