@@ -288,8 +288,12 @@ STRIPE_MAX_NETWORK_RETRIES = env_int("STRIPE_MAX_NETWORK_RETRIES", 2)
 STRIPE_TIMEOUT_SECONDS = env_float("STRIPE_TIMEOUT_SECONDS", 10.0)
 # CARTFLOW_STRIPE_RATE: requests per second to Stripe shared by every process (payments/budget.py); 0 means
 # unlimited. With a key the default is 20: under Stripe's sandbox limit of 25/s (live mode allows 100/s),
-# leaving room for the Dashboard and the CLI on the same account. The emulator has no limit: 0 without a key.
-CARTFLOW_STRIPE_RATE = env_float("CARTFLOW_STRIPE_RATE", 20.0 if STRIPE_SECRET_KEY else 0.0)
+# leaving room for the Dashboard and the CLI on the same account. The emulator is unlimited unless it is told
+# to be as rate-limited as Stripe (STRIPE_EMULATOR_RATE_LIMITS, which `make run` hands to it too): then the
+# same 20 applies, so the budget is exercised as it would be against the real account.
+CARTFLOW_STRIPE_RATE = env_float(
+    "CARTFLOW_STRIPE_RATE", 20.0 if STRIPE_SECRET_KEY or os.environ.get("STRIPE_EMULATOR_RATE_LIMITS") else 0.0
+)
 # CARTFLOW_STRIPE_WAIT_SECONDS: how long a buyer's Stripe call waits for the budget before 503
 # payment_provider_busy (nothing sent); background calls wait longer (payments/budget.py).
 CARTFLOW_STRIPE_WAIT_SECONDS = env_float("CARTFLOW_STRIPE_WAIT_SECONDS", 2.0)
