@@ -117,9 +117,7 @@ def test_redis_down_before_a_confirm_refuses_it_and_charges_nothing(stripe_emula
 
 
 @pytest.mark.parametrize("flash", [False, True], ids=["plain", "flash-sale"])
-def test_redis_lost_while_charging_keeps_the_sale_and_the_sweeper_settles_its_tokens(
-    stripe_emulator, own_redis, flash
-):
+def test_redis_lost_while_charging_keeps_the_sale_and_the_sweeper_settles_its_tokens(stripe_emulator, own_redis, flash):
     """The charge lands at Stripe while Redis is gone: the order is confirmed and the stock committed in
     PostgreSQL (the money and the goods agree); only the flash tokens' "sold" mark waits for Redis. The
     buyer is told to retry (503), and the retry answers the confirmed checkout without a second charge."""
