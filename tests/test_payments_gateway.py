@@ -6,6 +6,7 @@ Gateway calls refuse to run inside a transaction, so these tests are ``transacti
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -37,6 +38,14 @@ def _confirm(order_id: str, intent_id: str, payment_method: str, attempt: int):
     return payment_intent_confirm(
         order_id=order_id, intent_id=intent_id, payment_method=payment_method, attempt=attempt
     )
+
+
+def _wait_until_fired(emulator) -> None:  # noqa: ANN001
+    """The emulator consumed the fault: the request it was meant for has arrived and holds its key."""
+    deadline = time.monotonic() + 30
+    while emulator.faults():
+        assert time.monotonic() < deadline, "the request never reached the emulator"
+        time.sleep(0.01)
 
 
 def _charges(emulator) -> int:
@@ -215,9 +224,7 @@ def test_a_concurrent_duplicate_confirm_is_transient_not_a_second_charge(emulato
     thread = threading.Thread(target=first)
     thread.start()
     try:
-        import time
-
-        time.sleep(0.3)
+        _wait_until_fired(emulator)  # the first confirm holds the key now
         with pytest.raises(PaymentTransientError) as excinfo:
             payment_intent_confirm(
                 order_id=order_id, intent_id=intent.intent_id, payment_method="pm_card_visa", attempt=1
