@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +41,11 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _KEPT_HEADERS = ("Location", "Retry-After")  # Content-Type: only when the view chose one (problem+json)
+
+
+def clock() -> datetime:
+    """The clock the key's window and lock are measured with (tests move it instead of sleeping)."""
+    return timezone.now()
 
 
 def _ttl() -> timedelta:
@@ -76,7 +81,7 @@ def _final(response: Response) -> bool:
 
 def _claim(scope: str, key: str, fingerprint: str) -> tuple[str, IdempotencyRecord | None]:
     """("run", record) when this request owns the key now; else ("replay" | "reused" | "busy", record)."""
-    now = timezone.now()
+    now = clock()
     for _ in range(3):
         try:
             with transaction.atomic():
@@ -118,7 +123,7 @@ def _store(record: IdempotencyRecord, response: Response) -> None:
         response_status=response.status_code,
         response_body=json.loads(json.dumps(response.data, default=str)),
         response_headers=headers,
-        completed_at=timezone.now(),
+        completed_at=clock(),
         locked_until=None,
     )
 

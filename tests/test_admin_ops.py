@@ -3,12 +3,13 @@ code, orders are found by PaymentIntent id and link to their reservations and we
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from inventory.models import Reservation
@@ -43,6 +44,13 @@ def started(product, quantity: int = 1):  # noqa: ANN001, ANN201
     response = client.post("/api/checkout/start", {}, format="json")
     assert response.status_code == 201, response.content
     return client, response.json()["checkoutId"]
+
+
+def lapse_hold(checkout_id: str) -> None:
+    """What the clock does to a hold past its window: the saga's and its reservations' expiry are behind us."""
+    past = timezone.now() - timedelta(seconds=1)
+    CheckoutSaga.objects.filter(public_id=checkout_id).update(expires_at=past)
+    Reservation.objects.filter(holder=checkout_id).update(expires_at=past)
 
 
 def saga(checkout_id: str) -> CheckoutSaga:
@@ -87,13 +95,11 @@ def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulat
 
 def test_stuck_filter_finds_lapsed_and_human_sagas_not_healthy_ones(staff, stripe_emulator, settings):
     product = make_product(on_hand=10)
-    settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1
-    _, lapsed = started(product)  # its hold lapses and nothing has compensated it yet
-    settings.CARTFLOW_RESERVATION_TTL_SECONDS = 900
+    _, lapsed = started(product)
     _, healthy = started(product)
     _, human = started(product)
     CheckoutSaga.objects.filter(public_id=human).update(requires_human=True, human_reason="dispute needs a decision")
-    time.sleep(1.1)
+    lapse_hold(lapsed)  # its hold lapses and nothing has compensated it yet
 
     assert stuck_ids(staff) == {lapsed, human}
     assert stuck_ids(staff, stuck="human") == {human}
@@ -102,9 +108,8 @@ def test_stuck_filter_finds_lapsed_and_human_sagas_not_healthy_ones(staff, strip
 
 def test_resume_action_finishes_a_stuck_saga_through_the_saga_code(staff, stripe_emulator, settings):
     product = make_product(on_hand=4)
-    settings.CARTFLOW_RESERVATION_TTL_SECONDS = 1
     _, lapsed = started(product, 2)
-    time.sleep(1.1)
+    lapse_hold(lapsed)
     assert stuck_ids(staff) == {lapsed}
 
     response = staff.post(
@@ -121,7 +126,6 @@ def test_resume_action_finishes_a_stuck_saga_through_the_saga_code(staff, stripe
 
 
 def test_compensate_action_undoes_a_crashed_saga(staff, stripe_emulator, settings):
-    settings.CARTFLOW_SAGA_LEASE_SECONDS = 1
     product = make_product(on_hand=3)
     client, checkout_id = started(product)
     # A Stripe.js storefront asks for the intent; the process dies right after Stripe answered.
@@ -131,7 +135,7 @@ def test_compensate_action_undoes_a_crashed_saga(staff, stripe_emulator, setting
     crashed = CheckoutSaga.objects.get()
     assert crashed.payment_intent_id == ""  # the answer died with the process
     assert stuck_ids(staff) == set()  # its lease is still live: maybe it is just slow
-    time.sleep(1.1)
+    CheckoutSaga.objects.filter(pk=crashed.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert stuck_ids(staff) == {crashed.public_id}
 
     response = staff.post(

@@ -3,12 +3,13 @@ and Idempotency-Key replay / reuse / in-progress."""
 
 from __future__ import annotations
 
-import threading
+import time
 
 import pytest
 from rest_framework.test import APIClient
 
 from cart.identity import cart_ref_for_token
+from cartflow.models import IdempotencyRecord
 from orders.models import CheckoutSaga
 from orders.saga import checkout_confirm, checkout_start
 from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, stock
@@ -94,8 +95,11 @@ def test_same_key_while_the_first_request_runs_is_409_with_retry_after(stripe_em
     stripe_emulator.add_fault("POST /v1/payment_intents", "latency", ms=1500)
 
     def call(i: int):  # noqa: ANN202
-        if i == 1:
-            threading.Event().wait(0.4)  # let the first request take the key
+        if i == 1:  # once the first request holds the key (its record is in, not completed)
+            deadline = time.monotonic() + 30
+            while not IdempotencyRecord.objects.filter(key="slow", completed_at__isnull=True).exists():
+                assert time.monotonic() < deadline, "the first request never took the key"
+                time.sleep(0.01)
         c = APIClient()
         c.credentials(HTTP_X_CART_TOKEN=token)
         return c.post(

@@ -79,7 +79,10 @@ def test_a_concurrent_duplicate_gets_409_idempotency_key_in_use(client, stripe_e
 
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while stripe_emulator.faults():  # the fault fired: the first request has arrived and holds the key
+        assert time.monotonic() < deadline, "the first request never reached the emulator"
+        time.sleep(0.01)
     with pytest.raises(stripe.APIError) as excinfo:
         client.v1.payment_intents.create(params=CREATE, options=_key("slow"))
     thread.join()

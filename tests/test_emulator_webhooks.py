@@ -204,10 +204,8 @@ def test_reorder_swaps_the_next_events(client, stripe_emulator, receiver):
 
 def test_delay_holds_the_next_event_back(client, stripe_emulator, receiver):
     stripe_emulator.webhooks("delay", events=1, ms=300)
-    started = time.monotonic()
     client.v1.payment_intents.create(params=CREATE)
     client.v1.payment_intents.create(params=CREATE)
     _wait_for(lambda: len(receiver.received) == 2)
-    assert time.monotonic() - started >= 0.3
     first_created = stripe_emulator.events()[0]["id"]
     assert receiver.ids()[-1] == first_created  # the delayed one arrived last

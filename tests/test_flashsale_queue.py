@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 
 import pytest
 from django.db import connection
@@ -32,6 +31,18 @@ def buyer(product) -> APIClient:  # noqa: ANN001
 def start(client: APIClient, ticket: str | None = None):  # noqa: ANN201
     headers = {"HTTP_FLASH_TICKET": ticket} if ticket else {}
     return client.post("/api/checkout/start", {}, format="json", **headers)
+
+
+def age(joined: dict, field: str, seconds: float) -> None:
+    """What the clock does to a ticket: its ``admitted`` / ``seen`` time (Redis TIME, set by
+    inventory/flashsale_queue.py) moves ``seconds`` into the past, instead of the test sleeping across a window."""
+    from django_redis import get_redis_connection
+
+    redis = get_redis_connection("default")
+    key = "fs:{fs}:ticket:" + joined["ticket"]
+    stamp = float(redis.hget(key, field) or 0)
+    assert stamp > 0, f"ticket has no {field} time"
+    redis.hset(key, field, str(stamp - seconds))
 
 
 def join(client: APIClient, product) -> dict:  # noqa: ANN001
@@ -129,14 +140,14 @@ def test_ticket_in_body_field_works_like_the_header(stripe_emulator):
 
 
 def test_an_admitted_ticket_that_does_not_start_in_time_loses_its_place(stripe_emulator, settings):
-    settings.CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = 0.5
+    settings.CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = 30
     product, holder, checkout_id, [slow, next_in_line] = sold_out_for_now(2)
     t_slow, t_next = join(slow, product), join(next_in_line, product)
     assert holder.post(f"/api/checkout/{checkout_id}/cancel").status_code == 200
     assert poll(slow, t_slow).json()["admitted"] is True
     assert poll(next_in_line, t_next).json()["admitted"] is False
 
-    time.sleep(0.7)
+    age(t_slow, "admitted", 31)  # its admission window passes without a start
     promoted = poll(next_in_line, t_next).json()
     assert (promoted["position"], promoted["admitted"]) == (1, True)
     lost = poll(slow, t_slow)
@@ -148,10 +159,10 @@ def test_an_admitted_ticket_that_does_not_start_in_time_loses_its_place(stripe_e
 
 
 def test_a_waiting_ticket_never_polled_is_dropped_when_it_reaches_the_head(stripe_emulator, settings):
-    settings.CARTFLOW_FLASH_QUEUE_POLL_SECONDS = 0.5
+    settings.CARTFLOW_FLASH_QUEUE_POLL_SECONDS = 30
     product, holder, checkout_id, [gone, present] = sold_out_for_now(2)
     t_gone, t_present = join(gone, product), join(present, product)
-    time.sleep(0.7)
+    age(t_gone, "seen", 31)  # its tab was closed: not polled for longer than the window
     assert poll(present, t_present).json()["admitted"] is False  # no free token yet: nobody is dropped
     assert holder.post(f"/api/checkout/{checkout_id}/cancel").status_code == 200
     head = poll(present, t_present).json()
@@ -191,13 +202,13 @@ def test_polling_costs_no_database_query(stripe_emulator, django_assert_num_quer
 def test_the_sweeper_beat_drops_lapsed_tickets_when_nobody_polls(stripe_emulator, settings):
     from inventory.tasks import flash_pool_sweep
 
-    settings.CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = 0.3
+    settings.CARTFLOW_FLASH_QUEUE_ADMIT_SECONDS = 30
     product, holder, checkout_id, [quiet, outsider] = sold_out_for_now(2)
-    join(quiet, product)
+    t_quiet = join(quiet, product)
     assert holder.post(f"/api/checkout/{checkout_id}/cancel").status_code == 200
     assert start(outsider).status_code == 429  # the free unit is the queued ticket's
     flash_pool_sweep()  # admits the head (its window starts now)
-    time.sleep(0.4)
+    age(t_quiet, "admitted", 31)
     flash_pool_sweep()  # the window lapsed with nobody starting: the place is given up
     assert flash_queue_length(product_id=product.id) == 0
     assert start(outsider).status_code == 201
