@@ -1,6 +1,7 @@
 """The beat schedule system check (cartflow/checks.py): in-process against the test database, and as a
 real ``manage.py check`` against a database whose PeriodicTask names a task nobody registers and against
-an unreachable one; silent while migrations are pending."""
+an unreachable one; silent while migrations are pending. ``beat_schedule_as_migrated`` (tests/fixtures/beat.py)
+gives each test the PeriodicTask rows as the migrations created them, whatever an earlier test flushed."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def _manage_check(database_url: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.django_db  # not transactional: sees the rows the data migrations created
+@pytest.mark.django_db
+@pytest.mark.usefixtures("beat_schedule_as_migrated")
 def test_the_migrated_schedule_passes():
     assert dict(PeriodicTask.objects.filter(enabled=True).values_list("name", "task")) == EXPECTED_SCHEDULES
     assert run_checks(tags=[TAG]) == []
@@ -41,6 +43,7 @@ def test_the_migrated_schedule_passes():
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("beat_schedule_as_migrated")
 def test_a_schedule_naming_an_unregistered_task_is_an_error():
     every, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.create(name="stray", task="inventory.tasks.no_such_task", interval=every)
@@ -54,6 +57,7 @@ def test_a_schedule_naming_an_unregistered_task_is_an_error():
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("beat_schedule_as_migrated")
 def test_an_expected_schedule_renamed_away_deleted_or_disabled():
     PeriodicTask.objects.filter(name=RELEASE).update(task="inventory.tasks.release_expired_holds")
     assert sorted(_ids()) == ["cartflow.E001", "cartflow.E002"]  # unregistered, and not the expected task
@@ -64,7 +68,8 @@ def test_an_expected_schedule_renamed_away_deleted_or_disabled():
     assert sorted(_ids()) == ["cartflow.E002", "cartflow.W002"]  # paused in the admin: a warning only
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("beat_schedule_as_migrated")
 def test_manage_py_check_fails_on_a_renamed_task():
     PeriodicTask.objects.filter(name=RELEASE).update(task="inventory.tasks.release_expired_holds")
     result = _manage_check(database_url_for(settings.DATABASES["default"]))
@@ -72,7 +77,8 @@ def test_manage_py_check_fails_on_a_renamed_task():
     assert "cartflow.E001" in result.stderr and "inventory.tasks.release_expired_holds" in result.stderr
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("beat_schedule_as_migrated")
 def test_the_check_is_silent_while_migrations_are_pending():
     """``migrate`` runs system checks before it migrates: the migration that fixes a schedule must run."""
     PeriodicTask.objects.filter(name=RELEASE).update(task="inventory.tasks.release_expired_holds")

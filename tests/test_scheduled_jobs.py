@@ -28,7 +28,7 @@ from payments.gateway import payment_intent_retrieve
 from payments.models import Payment
 from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 # The PeriodicTask names the migrations create (inventory 0003/0004, orders 0002, payments 0002).
 RELEASE_EXPIRED = "inventory: release expired reservations"
@@ -138,7 +138,7 @@ def test_beat_reconciles_a_payment_that_drifted_from_stripe(stripe_emulator, cel
     invariants_hold()
 
 
-def test_every_migrated_schedule_has_a_test_here():
+def test_every_migrated_schedule_has_a_test_here(beat_schedule_as_migrated):
     """A schedule added by a migration without a test above makes this fail (and cartflow/checks.py's list)."""
     from django_celery_beat.models import PeriodicTask
 
