@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CartflowConfig(AppConfig):
     name = "cartflow"
     verbose_name = "CartFlow"
+
+    def ready(self) -> None:
+        from cartflow import checks  # noqa: F401 - registers the beat schedule check (no queries on import)
