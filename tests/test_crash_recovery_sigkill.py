@@ -11,7 +11,9 @@ stock must add up, the emulator must hold exactly the charges and refunds that b
 find out what Stripe did.
 
 One test per step family: reserve (start), charge (before and after the money moves), confirm, and
-compensation (cancel's release, expiry's refund).
+compensation (cancel's release, with and without a PaymentIntent; expiry's refund). The start makes no
+Stripe call: the buyer's confirm creates and confirms the order's one PaymentIntent, and a storefront that
+confirms with Stripe.js gets it unconfirmed from ``POST /api/checkout/{id}/payment-intent`` (orders/saga.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inventory.services import reservation_release
 from orders.models import CheckoutSaga, Order
 from orders.services import outbox_process_pending
 from tests.fixtures.gunicorn import GunicornServer, wait_for
+from tests.saga_support import stripe_request_counter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.slow]
 
@@ -74,6 +77,14 @@ class Buyer:
 
     def cancel(self, checkout_id: str) -> httpx.Response:
         return self.http.post(f"/checkout/{checkout_id}/cancel")
+
+    def payment_intent(self, checkout_id: str) -> str:
+        """The checkout's PaymentIntent for Stripe.js (created unconfirmed); returns its id as the saga has it."""
+        response = self.http.post(f"/checkout/{checkout_id}/payment-intent")
+        assert response.status_code == 200, response.text
+        intent_id = CheckoutSaga.objects.get(public_id=checkout_id).payment_intent_id
+        assert intent_id.startswith("pi_"), intent_id
+        return intent_id
 
 
 @pytest.fixture
@@ -174,8 +185,8 @@ def test_killed_after_reserve_recovery_finishes_the_start_without_holding_twice(
     saga = _saga(pk=saga.pk)
     assert saga.state == "awaiting_payment" and saga.lease_owner == ""
     assert _held(saga.public_id) == 2 and _stock(product) == (10, 2)  # reserved again for the holder: once
-    assert Order.objects.count() == 1 and len(_intents(stripe_emulator)) == 1
-    assert _succeeded(stripe_emulator) == 0
+    # The finished start made no Stripe call either: the PaymentIntent is created when the buyer pays.
+    assert Order.objects.count() == 1 and _intents(stripe_emulator) == [] and saga.payment_intent_id == ""
 
     # The buyer's retry reaches the fresh worker: the same checkout, which pays once and is fulfilled.
     again = buyer.start()
@@ -184,7 +195,8 @@ def test_killed_after_reserve_recovery_finishes_the_start_without_holding_twice(
     assert paid.status_code == 200, paid.text
     outbox_process_pending()
     assert _saga(pk=saga.pk).state == "fulfilled" and _stock(product) == (8, 0)
-    assert _succeeded(stripe_emulator) == 1 and _refunds(stripe_emulator) == []
+    assert _succeeded(stripe_emulator) == 1 and len(_intents(stripe_emulator)) == 1
+    assert _refunds(stripe_emulator) == []
     _clean()
 
 
@@ -199,29 +211,37 @@ def _awaiting_payment(server: GunicornServer, buyers, product: Product) -> tuple
     return buyer, _saga(public_id=started.json()["checkoutId"])
 
 
-def test_killed_before_the_charge_recovery_leaves_it_unpaid_and_open(gunicorn_server, buyers, pool, stripe_emulator):
+def test_killed_before_the_charge_recovery_replays_the_create_and_confirms_with_one_charge(
+    gunicorn_server, buyers, pool, stripe_emulator
+):
     server = gunicorn_server("charge:before")
     product = _product()
     buyer, saga = _awaiting_payment(server, buyers, product)
     request = pool.submit(buyer.confirm, saga.public_id)
     server.wait_paused()
-    # "About to charge" is saved; the confirm has not reached Stripe.
-    assert (_saga(pk=saga.pk).step, _saga(pk=saga.pk).step_status) == ("charge", "about_to")
-    assert [pi.status for pi in _intents(stripe_emulator)] == ["requires_payment_method"]
+    # "About to charge" is saved with what the buyer pays with; the create-and-confirm has not reached Stripe.
+    at_kill = _saga(pk=saga.pk)
+    assert (at_kill.step, at_kill.step_status, at_kill.attempt) == ("charge", "about_to", 1)
+    assert at_kill.charge_params == {"payment_method": "pm_card_visa"} and at_kill.payment_intent_id == ""
+    assert _intents(stripe_emulator) == []
 
     _killed_mid_request(server, request)
+    # Recovery cannot tell "never sent" from "sent, answer lost": it replays the attempt's create-and-confirm
+    # with the same key and parameters, so the buyer is charged once and the order is confirmed.
     _recover(server, saga.pk)
 
     saga = _saga(pk=saga.pk)
-    assert (saga.state, saga.step, saga.step_status) == ("awaiting_payment", "charge", "failed")
-    assert _succeeded(stripe_emulator) == 0 and _stock(product) == (10, 2)
-
-    paid = buyer.confirm(saga.public_id)  # the buyer tries again on the fresh worker: charged once
-    assert paid.status_code == 200, paid.text
-    outbox_process_pending()
-    assert _saga(pk=saga.pk).state == "fulfilled" and _stock(product) == (8, 0)
-    assert _succeeded(stripe_emulator) == 1 and len(_intents(stripe_emulator)) == 1
+    assert saga.state == "fulfilled" and saga.order.status == "fulfilled"
+    assert saga.order.payment_status == "succeeded" and saga.payment_intent_id.startswith("pi_")
+    assert saga.order.payment_intent_id == saga.payment_intent_id
+    assert _stock(product) == (8, 0) and Reservation.objects.get(holder=saga.public_id).status == "COMMITTED"
+    intents = _intents(stripe_emulator)
+    assert [pi.id for pi in intents] == [saga.payment_intent_id] and _succeeded(stripe_emulator) == 1
     assert _refunds(stripe_emulator) == []
+
+    again = buyer.confirm(saga.public_id)  # the buyer retries the lost request: the finished checkout, no charge
+    assert again.status_code == 200 and again.json()["status"] == "fulfilled", again.text
+    assert _succeeded(stripe_emulator) == 1 and len(_intents(stripe_emulator)) == 1
     _clean()
 
 
@@ -279,18 +299,21 @@ def test_killed_after_the_stock_was_committed_recovery_fulfils_once(gunicorn_ser
 # --- compensation ----------------------------------------------------------------------------------------
 
 
-def test_killed_mid_cancel_recovery_releases_the_stock_once(gunicorn_server, buyers, pool, stripe_emulator):
+def test_killed_mid_cancel_before_paying_recovery_releases_the_stock_once_without_calling_stripe(
+    gunicorn_server, buyers, pool, stripe_emulator
+):
     server = gunicorn_server("release:before")
     product = _product()
     buyer, saga = _awaiting_payment(server, buyers, product)
     other = _product()
     other_buyer, other_saga = _awaiting_payment(server, buyers, other)  # holds stock of its own, untouched
+    stripe_requests = stripe_request_counter(stripe_emulator)  # from here to the end of recovery: none
     request = pool.submit(buyer.cancel, saga.public_id)
     server.wait_paused()
-    # The PaymentIntent is canceled and the order cancelled; the stock is still held.
+    # The order is cancelled; the stock is still held. The buyer never paid: no PaymentIntent to cancel.
     at_kill = _saga(pk=saga.pk)
     assert at_kill.compensate_to == "cancelled" and at_kill.order.status == "cancelled"
-    assert _stock(product) == (10, 2)
+    assert at_kill.payment_intent_id == "" and _stock(product) == (10, 2)
 
     _killed_mid_request(server, request)
     _recover(server, saga.pk)
@@ -298,7 +321,40 @@ def test_killed_mid_cancel_recovery_releases_the_stock_once(gunicorn_server, buy
     saga = _saga(pk=saga.pk)
     assert saga.state == "cancelled" and saga.compensate_to == ""
     assert _stock(product) == (10, 0) and _held(saga.public_id) == 0
-    assert stripe_emulator.client().v1.payment_intents.retrieve(saga.payment_intent_id).status == "canceled"
+    assert _stock(other) == (10, 2) and _saga(pk=other_saga.pk).state == "awaiting_payment"
+    cancelled_again = buyer.cancel(saga.public_id)  # the buyer's retry: already cancelled, nothing moves
+    assert cancelled_again.status_code == 200, cancelled_again.text
+    assert _stock(product) == (10, 0)
+    assert stripe_requests() == 0  # the cancel, its recovery and the retry: not one Stripe call
+    assert _intents(stripe_emulator) == [] and _succeeded(stripe_emulator) == 0
+    _clean()
+    assert other_buyer.cancel(other_saga.public_id).status_code == 200
+
+
+def test_killed_mid_cancel_recovery_releases_the_stock_once_and_the_intent_stays_canceled(
+    gunicorn_server, buyers, pool, stripe_emulator
+):
+    server = gunicorn_server("release:before")
+    product = _product()
+    buyer, saga = _awaiting_payment(server, buyers, product)
+    intent_id = buyer.payment_intent(saga.public_id)  # a Stripe.js storefront asked for the PaymentIntent
+    other = _product()
+    other_buyer, other_saga = _awaiting_payment(server, buyers, other)  # holds stock of its own, untouched
+    request = pool.submit(buyer.cancel, saga.public_id)
+    server.wait_paused()
+    # The PaymentIntent is canceled and the order cancelled; the stock is still held.
+    at_kill = _saga(pk=saga.pk)
+    assert at_kill.compensate_to == "cancelled" and at_kill.order.status == "cancelled"
+    assert stripe_emulator.client().v1.payment_intents.retrieve(intent_id).status == "canceled"
+    assert _stock(product) == (10, 2)
+
+    _killed_mid_request(server, request)
+    _recover(server, saga.pk)
+
+    saga = _saga(pk=saga.pk)
+    assert saga.state == "cancelled" and saga.compensate_to == "" and saga.payment_intent_id == intent_id
+    assert _stock(product) == (10, 0) and _held(saga.public_id) == 0
+    assert [(pi.id, pi.status) for pi in _intents(stripe_emulator)] == [(intent_id, "canceled")]
     assert _stock(other) == (10, 2) and _saga(pk=other_saga.pk).state == "awaiting_payment"
     assert _succeeded(stripe_emulator) == 0
     cancelled_again = buyer.cancel(saga.public_id)  # the buyer's retry: already cancelled, nothing moves
@@ -312,11 +368,11 @@ def test_killed_after_the_refund_recovery_records_it_and_refunds_once(gunicorn_s
     server = gunicorn_server("refund:after")
     product = _product(on_hand=2)
     buyer, saga = _awaiting_payment(server, buyers, product)
-    # The card is charged on Stripe's side (a client-side confirm) while the hold lapses and another buyer
-    # takes both units: the paid order cannot be filled, so the buyer's confirm expires it with a refund.
-    stripe_emulator.client().v1.payment_intents.confirm(
-        saga.payment_intent_id, params={"payment_method": "pm_card_visa"}
-    )
+    # A Stripe.js storefront gets the PaymentIntent and the card is charged on Stripe's side (a client-side
+    # confirm, its webhook lost: webhooks are off) while the hold lapses and another buyer takes both units:
+    # the paid order cannot be filled, so the buyer's confirm expires it with a refund.
+    intent_id = buyer.payment_intent(saga.public_id)
+    stripe_emulator.client().v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
     reservation_release(holder=saga.public_id, status="EXPIRED")
     _, rival = _awaiting_payment(server, buyers, product)
     request = pool.submit(buyer.confirm, saga.public_id)
@@ -336,6 +392,7 @@ def test_killed_after_the_refund_recovery_records_it_and_refunds_once(gunicorn_s
     assert saga.order.amount_refunded == saga.order.total
     refunds = _refunds(stripe_emulator)
     assert len(refunds) == 1 and refunds[0].amount == saga.order.total  # asked again, refunded once
-    assert _succeeded(stripe_emulator) == 1
+    assert refunds[0].payment_intent == intent_id and saga.payment_intent_id == intent_id
+    assert _succeeded(stripe_emulator) == 1 and len(_intents(stripe_emulator)) == 1  # the rival has none yet
     assert _held(saga.public_id) == 0 and _held(rival.public_id) == 2 and _stock(product) == (2, 2)
     _clean()

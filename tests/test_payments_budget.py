@@ -27,12 +27,14 @@ from payments.gateway import (
     PaymentProviderBusy,
     payment_intent_confirm,
     payment_intent_create,
+    payment_intent_create_and_confirm,
 )
 from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent
 CONFIRM = "POST /v1/payment_intents/*/confirm"
+CREATE = "POST /v1/payment_intents"
 
 
 @pytest.fixture(autouse=True)
@@ -314,24 +316,26 @@ def test_an_endless_429_storm_is_busy_not_a_decline_and_the_retry_pays_once(stri
     product = make_product()
     client = guest_with_cart((product, 1))
     start = client.post("/api/checkout/start", {}, format="json").json()
-    stripe_emulator.add_fault(CONFIRM, "rate_limit", times=0)
+    # The confirm creates and confirms the order's PaymentIntent in one call: the storm is on the create.
+    stripe_emulator.add_fault(CREATE, "rate_limit", times=0)
     with pytest.raises(PaymentProviderBusy):  # the gateway itself: busy, not transient, not a decline
-        payment_intent_confirm(
-            order_id=start["orderId"], intent_id=_intent_of(start), payment_method="pm_card_visa", attempt=0
-        )
+        payment_intent_create_and_confirm(
+            order_id=start["orderId"], checkout_id=start["checkoutId"], amount=1000, currency="usd",
+            attempt=0, payment_method="pm_card_visa",
+        )  # fmt: skip
     busy = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
     assert busy.status_code == 503 and busy.json()["code"] == "payment_provider_busy", busy.content
     assert busy["Retry-After"]
     assert charges(stripe_emulator) == 0 and held(start["checkoutId"]) == 1
+    assert stripe_emulator.server.state.counts()["payment_intents"] == 0
+    saga = CheckoutSaga.objects.get(public_id=start["checkoutId"])
+    assert saga.state == "awaiting_payment" and saga.last_error_code == ""  # open, no decline recorded
     stripe_emulator.clear_faults()
     paid = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
     assert paid.status_code == 200 and paid.json()["status"] == "confirmed", paid.content
     assert charges(stripe_emulator) == 1
+    assert stripe_emulator.server.state.counts()["payment_intents"] == 1
     invariants_hold()
-
-
-def _intent_of(start: dict) -> str:
-    return CheckoutSaga.objects.get(public_id=start["checkoutId"]).payment_intent_id
 
 
 # --- Redis down: fail open -------------------------------------------------------------------------------
