@@ -55,7 +55,7 @@ TRANSIENT = {500, 502, 503, 504, 429}
 SUCCESS_STATES = ("confirmed", "fulfilled")
 STRIPE_FAULTS = ("http_500", "lose_response")
 SKIPPABLE = ("web-kill", "celery-kill", "pg-crash", "redis-kill")
-SABOTAGES = ("cancel-confirmed", "no-healing")
+SABOTAGES = ("refund-confirmed", "no-healing")
 # A clean run confirms ~1,600 checkouts (all the stock) in the 80 s window without the emulator's latency
 # and rate limit; with 300 ms per Stripe call and 25 calls/s, Stripe alone caps it near 25 a second. 200 is
 # a floor a run that works under faults clears by far, and one that stalls for a fault's duration does not.
@@ -279,13 +279,15 @@ def verdict(facts: dict[str, Any], *, min_progress: int) -> list[Check]:
             and k.get("gone") is True
             and k.get("replacement") not in (None, k.get("victim"))
             and k.get("replacement_alive") is True
+            and (key == "web_kill" or k.get("replacement_pong") is True)
         )
         check(
             name,
             ok,
             f"victim PID {k.get('victim')} existed={k.get('existed')} gone={k.get('gone')}"
             + (f" (exit {k['exit']})" if "exit" in k else "")
-            + f", replaced by PID {k.get('replacement')} alive={k.get('replacement_alive')}",
+            + f", replaced by PID {k.get('replacement')} alive={k.get('replacement_alive')}"
+            + (f" answers ping={k['replacement_pong']}" if "replacement_pong" in k else ""),
         )
 
     pg = facts.get("pg") or {}
@@ -450,13 +452,15 @@ def _findings(stack: st.Stack, initial_stock: int, product_ids: list[int]) -> di
     return found
 
 
-def _celery_pong(prefix: str) -> bool:
-    """Does a worker whose hostname starts with ``prefix`` answer a broadcast ping (it consumes the broker)?"""
+def _celery_pong(prefix: str, within: float = 45.0) -> bool:
+    """Does a worker whose hostname starts with ``prefix`` answer a broadcast ping (it consumes the broker)?
+    A worker answers between tasks and after it has re-subscribed to the broker, so this asks repeatedly."""
     from cartflow.celery import app
 
-    for _ in range(5):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
         try:
-            replies = app.control.ping(timeout=2.0)
+            replies = app.control.ping(timeout=3.0)
         except Exception:  # noqa: BLE001 - broker not reachable yet
             replies = []
         if any(name.startswith(prefix) for reply in replies for name in reply):
@@ -509,7 +513,7 @@ def main(argv: list[str]) -> int:
         action="append",
         default=[],
         choices=SABOTAGES,
-        help="break a promise on purpose: cancel a checkout its buyer was told is confirmed; or stop the"
+        help="break a promise on purpose: refund, in Stripe, a checkout its buyer was told is confirmed; or stop the"
         " Celery workers and beat when the load ends (nothing heals)",
     )
     args = parser.parse_args(argv)
@@ -665,12 +669,23 @@ def main(argv: list[str]) -> int:
         )
         print(f"buyer-side outcomes (retries included): {dict(buyers.outcomes.most_common())}", flush=True)
 
-        if "cancel-confirmed" in args.sabotage:
-            victim_id, said = next((c, s) for c, s in buyers.told.items() if s.confirmed)
+        if ckill["victim"] is not None and "no-healing" in args.sabotage:
+            ckill["replacement_alive"] = stack.procs["worker-a"].alive()
+            ckill["replacement_pong"] = _celery_pong("worker-a-")
+        if "refund-confirmed" in args.sabotage:
+            # An out-of-band refund (as from Stripe's dashboard) of a checkout its buyer was told is confirmed.
+            from orders.models import CheckoutSaga
+
+            connections.close_all()
+            victim_id = next(c for c, s in buyers.told.items() if s.confirmed)
+            intent = CheckoutSaga.objects.filter(public_id=victim_id).values_list("payment_intent_id", flat=True)[0]
             response = httpx.post(
-                f"{stack.web_url}/api/checkout/{victim_id}/cancel", headers={"X-Cart-Token": said.token}, timeout=30
+                f"{stack.stripe_url}/v1/refunds",
+                data={"payment_intent": intent},
+                headers={"Authorization": "Bearer sk_test_chaos"},
+                timeout=30,
             )
-            note(f"sabotage: cancelled {victim_id}, whose buyer was told {said.detail} ({response.status_code})")
+            note(f"sabotage: refunded {intent} of {victim_id}, whose buyer was told confirmed ({response.status_code})")
         if "no-healing" in args.sabotage:
             for name in [n for n in stack.procs if n.startswith(("worker", "beat"))]:
                 stack.procs[name].stop()
@@ -693,6 +708,9 @@ def main(argv: list[str]) -> int:
                 healed_after = time.monotonic() - settle_start
                 break
             time.sleep(3)
+        if ckill["victim"] is not None and "no-healing" not in args.sabotage:
+            ckill["replacement_alive"] = stack.procs["worker-a"].alive()
+            ckill["replacement_pong"] = _celery_pong("worker-a-")
         facts.update(_findings(stack, args.stock, catalog.spread))
         facts["healed_after_s"] = round(healed_after, 1) if healed_after is not None else None
         if kill["victim"] is not None:
@@ -700,8 +718,6 @@ def main(argv: list[str]) -> int:
             kill["gone"] = kill["victim"] not in after
             kill["replacement"] = next((p for p in after if p not in kill["before"]), None)
             kill["replacement_alive"] = bool(kill["replacement"]) and Path(f"/proc/{kill['replacement']}").exists()
-        if ckill["victim"] is not None and "no-healing" not in args.sabotage:
-            ckill["replacement_alive"] = stack.procs["worker-a"].alive() and _celery_pong("worker-a-")
         facts["told"] = {
             c: {"confirmed": s.confirmed, "failed_on_server": s.failed_on_server} for c, s in buyers.told.items()
         }
