@@ -341,7 +341,12 @@ def verdict(facts: dict[str, Any], *, min_progress: int) -> list[Check]:
 
     hooks = facts.get("webhook_events")
     bad = None if hooks is None else hooks.get("parked", 0) + hooks.get("failed", 0)
-    check("no parked or failed webhook event", bad == 0, f"{bad} parked/failed; statuses {hooks}")
+    check(
+        "no parked or failed webhook event",
+        bad == 0,
+        f"{bad} parked/failed; statuses {hooks}; none left received after"
+        f" {facts.get('webhooks_drained_after_s')} s (None: some left at the deadline)",
+    )
 
     told = facts.get("told") or {}
     final = facts.get("final") or {}
@@ -696,16 +701,21 @@ def main(argv: list[str]) -> int:
 
         settle_start = time.monotonic()
         deadline = settle_start + args.settle
-        healed_after = None
+        healed_after = drained_after = None
         while time.monotonic() < deadline:
+            # Healed: every saga terminal. Drained too: no webhook event still waiting to be processed (an
+            # event whose task the broker lost waits for the task's visibility timeout: the run stops waiting
+            # at the deadline and reports what is left).
             try:
-                left = CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL).count()
-                left += WebhookEvent.objects.filter(status=WebhookEvent.RECEIVED).count()
+                sagas_left = CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL).count()
+                events_left = WebhookEvent.objects.filter(status=WebhookEvent.RECEIVED).count()
             except Exception:  # noqa: BLE001
                 connections.close_all()
-                left = -1
-            if left == 0:
+                sagas_left = events_left = -1
+            if sagas_left == 0 and healed_after is None:
                 healed_after = time.monotonic() - settle_start
+            if sagas_left == 0 and events_left == 0:
+                drained_after = time.monotonic() - settle_start
                 break
             time.sleep(3)
         if ckill["victim"] is not None and "no-healing" not in args.sabotage:
@@ -713,6 +723,7 @@ def main(argv: list[str]) -> int:
             ckill["replacement_pong"] = _celery_pong("worker-a-")
         facts.update(_findings(stack, args.stock, catalog.spread))
         facts["healed_after_s"] = round(healed_after, 1) if healed_after is not None else None
+        facts["webhooks_drained_after_s"] = round(drained_after, 1) if drained_after is not None else None
         if kill["victim"] is not None:
             after = web.children()
             kill["gone"] = kill["victim"] not in after
