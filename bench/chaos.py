@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shutil
@@ -510,6 +511,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--http-500", type=float, default=0.10, help="share of Stripe calls answered 500")
     parser.add_argument("--lose-response", type=float, default=0.02, help="share of Stripe responses lost")
+    parser.add_argument(
+        "--extra-fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='one more emulator fault rule for the load, e.g. \'{"match": "GET /v1/payment_intents/*",'
+        ' "fault": "http_500", "times": 0}\'',
+    )
     parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE, help="leave out one fault")
     parser.add_argument("--redis-signal", default="KILL", choices=("KILL", "TERM"), help="how Redis is ended")
     parser.add_argument("--pg-fsync", default="on", choices=("on", "off"))
@@ -580,11 +589,15 @@ def main(argv: list[str]) -> int:
             time.sleep(max(0.0, t_load + second - time.monotonic()))
 
         rules = {}
-        for kind, share in (("http_500", args.http_500), ("lose_response", args.lose_response)):
-            rule = {"match": "*", "fault": kind, "probability": share, "times": 0}
+        specs = [
+            ("http_500", {"match": "*", "fault": "http_500", "probability": args.http_500, "times": 0}),
+            ("lose_response", {"match": "*", "fault": "lose_response", "probability": args.lose_response, "times": 0}),
+        ]
+        specs += [(f"extra {i}", json.loads(text)) for i, text in enumerate(args.extra_fault, 1)]
+        for label, rule in specs:
             response = httpx.post(f"{stack.stripe_url}/_emulator/faults", json=rule, timeout=5)
             response.raise_for_status()
-            rules[response.json()["id"]] = kind
+            rules[response.json()["id"]] = label
         fault_start = time.monotonic()
         note(f"emulator: http_500 on {args.http_500:.0%} and lose_response on {args.lose_response:.0%} of Stripe calls")
 
@@ -729,6 +742,11 @@ def main(argv: list[str]) -> int:
             kill["gone"] = kill["victim"] not in after
             kill["replacement"] = next((p for p in after if p not in kill["before"]), None)
             kill["replacement_alive"] = bool(kill["replacement"]) and Path(f"/proc/{kill['replacement']}").exists()
+        for name in ("worker-a", "worker-b"):
+            proc = stack.procs[name]
+            if not proc.alive() and "no-healing" not in args.sabotage:
+                print(f"Celery {name} (PID {proc.popen.pid}) exited {proc.popen.returncode}; its log ends:")
+                print(proc.tail(1500), flush=True)
         facts["told"] = {
             c: {"confirmed": s.confirmed, "failed_on_server": s.failed_on_server} for c, s in buyers.told.items()
         }
