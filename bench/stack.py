@@ -183,7 +183,8 @@ class Stack:
         return proc
 
     # --- the Stripe emulator ---
-    def start_emulator(self, port: int) -> Proc:
+    def start_emulator(self, port: int, extra_env: dict[str, str] | None = None) -> Proc:
+        """``extra_env``: the emulator's own settings (``STRIPE_EMULATOR_*``), which the servers never see."""
         from payments.webhooks import HANDLED_EVENT_TYPES  # after django_setup: deliver only what CartFlow handles
 
         proc = self.spawn(
@@ -193,6 +194,7 @@ class Stack:
                 "--webhook-url", f"{self.web_url}/api/webhooks/stripe", "--webhook-secret", WEBHOOK_SECRET,
                 "--enabled-events", ",".join(HANDLED_EVENT_TYPES),
             ],
+            env={**self.env, **(extra_env or {})},
         )  # fmt: skip
         wait_until(
             lambda: httpx.get(f"{self.stripe_url}/_emulator/health", timeout=1).status_code == 200, 20, "emulator"
