@@ -297,16 +297,35 @@ def test_a_429_storm_is_retried_with_the_same_key_and_creates_one_intent(stripe_
     assert stripe_emulator.server.state.counts()["payment_intents"] == 1
 
 
-def test_a_429_storm_during_checkout_charges_once_and_never_fails_it(stripe_emulator):
+def test_a_429_storm_on_the_create_and_confirm_charges_once_and_never_fails_the_checkout(stripe_emulator):
     product = make_product()
     client = guest_with_cart((product, 1))
-    stripe_emulator.add_fault("POST /v1/payment_intents", "rate_limit", times=2)
     start = client.post("/api/checkout/start", {}, format="json")
     assert start.status_code == 201, start.content
-    stripe_emulator.add_fault(CONFIRM, "rate_limit", times=3)
+    # The first confirm creates and confirms the intent in one call: that call meets the storm.
+    stripe_emulator.add_fault(CREATE, "rate_limit", times=2)
     paid = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
     assert paid.status_code == 200, paid.content
     assert paid.json()["status"] == "confirmed"
+    assert stripe_emulator.faults() == []  # both 429s were answered (a spent rule is removed)
+    assert charges(stripe_emulator) == 1
+    assert stripe_emulator.server.state.counts()["payment_intents"] == 1
+    invariants_hold()
+
+
+def test_a_429_storm_on_the_client_side_intent_and_its_confirm_charges_once(stripe_emulator):
+    product = make_product()
+    client = guest_with_cart((product, 1))
+    start = client.post("/api/checkout/start", {}, format="json").json()
+    stripe_emulator.add_fault(CREATE, "rate_limit", times=2)
+    intent = client.post(f"/api/checkout/{start['checkoutId']}/payment-intent", {}, format="json")
+    assert intent.status_code == 200, intent.content
+    assert stripe_emulator.faults() == []
+    # A later confirm confirms that intent: the storm is on the confirm endpoint now.
+    stripe_emulator.add_fault(CONFIRM, "rate_limit", times=3)
+    paid = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
+    assert paid.status_code == 200 and paid.json()["status"] == "confirmed", paid.content
+    assert stripe_emulator.faults() == []
     assert charges(stripe_emulator) == 1
     assert stripe_emulator.server.state.counts()["payment_intents"] == 1
     invariants_hold()
