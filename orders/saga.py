@@ -1194,6 +1194,11 @@ def checkout_cancel(*, saga_id: int) -> CheckoutSaga:
             return saga
         if saga.step == "charge" and saga.step_status in (ABOUT_TO, INDETERMINATE):
             _settle_charge(saga)
+        if saga.compensate_to == S.CANCELLED:
+            # An earlier cancel was cut short (Redis or Stripe failed mid-compensation): every undo is safe
+            # twice, so finishing it here answers the retry as the first cancel would have.
+            _compensate(saga, to=S.CANCELLED)
+            return saga
         if saga.state not in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) or saga.compensate_to:
             raise CheckoutNotCancellable(
                 f"The checkout is {saga.state}.", checkoutId=saga.public_id, checkoutStatus=saga.state

@@ -23,11 +23,11 @@ from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_swee
 from inventory.models import Reservation, Stock
 from orders.models import CheckoutSaga, Order
 from orders.saga import saga_recover
-from tests.saga_support import charges, invariants_hold, make_product
+from tests.saga_support import charges, intents_of_order, invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
-CONFIRM = "POST /v1/payment_intents/*/confirm"
 CANCEL = "POST /v1/payment_intents/*/cancel"
+CREATE = "POST /v1/payment_intents"  # the first confirm creates and confirms the intent in this one call
 
 
 @pytest.fixture
@@ -85,6 +85,14 @@ def _started(flash: bool):  # noqa: ANN202
     return product, client, started.json()["checkoutId"]
 
 
+def _with_intent(client: APIClient, checkout_id: str) -> str:
+    """The checkout's PaymentIntent, created as a Stripe.js storefront does before paying (the start makes
+    none), so a cancel has a Stripe step to be cut off in."""
+    response = client.post(f"/api/checkout/{checkout_id}/payment-intent")
+    assert response.status_code in (200, 201), response.content
+    return CheckoutSaga.objects.get(public_id=checkout_id).payment_intent_id
+
+
 def _stock(product) -> tuple[int, int]:  # noqa: ANN001
     return Stock.objects.values_list("on_hand", "reserved").get(product=product)
 
@@ -111,7 +119,8 @@ def test_redis_down_before_a_confirm_refuses_it_and_charges_nothing(stripe_emula
     _assert_503(_confirm(client, checkout_id))
     assert charges(stripe_emulator) == 0
     saga = CheckoutSaga.objects.get(public_id=checkout_id)
-    assert (saga.state, saga.step, saga.compensate_to) == ("awaiting_payment", "create_payment_intent", "")
+    assert (saga.state, saga.step, saga.compensate_to) == ("awaiting_payment", "create_order", "")
+    assert saga.payment_intent_id == "" and intents_of_order(stripe_emulator, saga.order.public_id) == []
     assert list(Reservation.objects.values_list("holder", "status")) == [(checkout_id, "HELD")]
     assert _stock(product) == (3, 1)
 
@@ -122,7 +131,7 @@ def test_redis_lost_while_charging_keeps_the_sale_and_the_sweeper_settles_its_to
     PostgreSQL (the money and the goods agree); only the flash tokens' "sold" mark waits for Redis. The
     buyer is told to retry (503), and the retry answers the confirmed checkout without a second charge."""
     product, client, checkout_id = _started(flash)
-    stripe_emulator.add_fault(CONFIRM, "latency", ms=1000)  # the window in which Redis goes away
+    stripe_emulator.add_fault(CREATE, "latency", ms=1000)  # the window in which Redis goes away
     freeze = FreezeAtStep(own_redis, "charge")
     lost = _confirm(client, checkout_id)
     freeze.thaw()
@@ -150,6 +159,7 @@ def test_redis_lost_while_cancelling_still_releases_the_stock(stripe_emulator, o
     """Cancel: the PaymentIntent is cancelled and the hold released in PostgreSQL although the flash tokens'
     return (Redis) fails; the flash sweeper returns them and recovery finishes the saga at ``cancelled``."""
     product, client, checkout_id = _started(flash)
+    intent_id = _with_intent(client, checkout_id)
     stripe_emulator.add_fault(CANCEL, "latency", ms=1000)
     freeze = FreezeAtStep(own_redis, "cancel_payment_intent")
     lost = client.post(f"/api/checkout/{checkout_id}/cancel")
@@ -159,7 +169,7 @@ def test_redis_lost_while_cancelling_still_releases_the_stock(stripe_emulator, o
     assert list(Reservation.objects.values_list("status", flat=True)) == ["RELEASED"]
     assert _stock(product) == (3, 0) and charges(stripe_emulator) == 0
     assert Order.objects.values_list("status", "payment_status").get() == ("cancelled", "canceled")
-    assert [e["data"]["object"]["id"] for e in stripe_emulator.events("payment_intent.canceled")]
+    assert [e["data"]["object"]["id"] for e in stripe_emulator.events("payment_intent.canceled")] == [intent_id]
     saga = CheckoutSaga.objects.get(public_id=checkout_id)
     assert saga.compensate_to == "cancelled"  # the compensation is recorded, so nothing can revive it
 
@@ -174,16 +184,29 @@ def test_redis_lost_while_cancelling_still_releases_the_stock(stripe_emulator, o
     invariants_hold()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkout_cancel (orders/saga.py) refuses a saga already compensating to cancelled with 409 "
-    "checkout_not_cancellable ('The checkout is awaiting_payment.') instead of finishing the compensation",
-)
 def test_retrying_a_cancel_that_redis_interrupted_finishes_it(stripe_emulator, own_redis):
-    _product, client, checkout_id = _started(flash=False)
+    """The cut-off cancel left the saga compensating to ``cancelled``: a confirm is refused (not
+    confirmable, nothing charged) and the buyer's retried cancel finishes the compensation."""
+    product, client, checkout_id = _started(flash=False)
+    intent_id = _with_intent(client, checkout_id)
     stripe_emulator.add_fault(CANCEL, "latency", ms=1000)
     freeze = FreezeAtStep(own_redis, "cancel_payment_intent")
     _assert_503(client.post(f"/api/checkout/{checkout_id}/cancel"))
     freeze.thaw()
+    saga = CheckoutSaga.objects.get(public_id=checkout_id)
+    assert (saga.state, saga.compensate_to) == ("awaiting_payment", "cancelled")
+
+    refused = _confirm(client, checkout_id)
+    assert refused.status_code == 409 and refused.json()["code"] == "checkout_not_confirmable", refused.content
+    assert charges(stripe_emulator) == 0
+
     retried = client.post(f"/api/checkout/{checkout_id}/cancel")
     assert (retried.status_code, retried.json().get("status")) == (200, "cancelled"), retried.content
+    saga.refresh_from_db()
+    assert (saga.state, saga.compensate_to) == ("cancelled", "")
+    assert list(Reservation.objects.values_list("status", flat=True)) == ["RELEASED"]
+    assert _stock(product) == (3, 0) and charges(stripe_emulator) == 0
+    assert [e["data"]["object"]["id"] for e in stripe_emulator.events("payment_intent.canceled")] == [intent_id]
+    again = client.post(f"/api/checkout/{checkout_id}/cancel")  # and once more: the same answer
+    assert (again.status_code, again.json().get("status")) == (200, "cancelled"), again.content
+    invariants_hold()

@@ -23,7 +23,7 @@ from inventory.flashsale import flash_holders, flash_pool_state, flash_sale_star
 from inventory.models import Reservation
 from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Outbox
-from orders.saga import SimulatedCrash, checkout_confirm, checkout_start
+from orders.saga import SimulatedCrash, checkout_confirm, checkout_payment_intent, checkout_start
 from payments.gateway import payment_intent_retrieve
 from payments.models import Payment
 from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
@@ -45,11 +45,15 @@ def _disarm():
     saga_mod.crash_points.clear()
 
 
-def _checkout(product, quantity: int = 2) -> CheckoutSaga:  # noqa: ANN001
-    """A started checkout (stock held, PaymentIntent created), awaiting payment."""
+def _checkout(product, quantity: int = 2, *, with_intent: bool = False) -> CheckoutSaga:  # noqa: ANN001
+    """A started checkout (stock held), awaiting payment. ``with_intent``: its PaymentIntent created too, as
+    a Stripe.js storefront does before paying (the start creates none)."""
     client = guest_with_cart((product, quantity))
     saga, created = checkout_start(cart_key=cart_ref_for_token(client._credentials["HTTP_X_CART_TOKEN"]).key)
-    assert created and saga.state == "awaiting_payment"
+    assert created and saga.state == "awaiting_payment" and not saga.payment_intent_id
+    if with_intent:
+        saga = checkout_payment_intent(saga_id=saga.pk)
+        assert saga.payment_intent_id and saga.state == "awaiting_payment"
     return saga
 
 
@@ -59,7 +63,7 @@ def _reload(saga: CheckoutSaga) -> CheckoutSaga:
 
 def test_beat_releases_expired_reservations(stripe_emulator, celery_beat_process):
     product = make_product(on_hand=5)
-    saga = _checkout(product)
+    saga = _checkout(product, with_intent=True)  # so the expiry has an intent to cancel at Stripe
     # Only the hold is aged, not the checkout: saga recovery would not touch it, the release job must.
     Reservation.objects.filter(holder=saga.public_id).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert stock(product) == (5, 2)
@@ -124,8 +128,9 @@ def test_beat_returns_the_flash_sale_token_of_a_gone_holder(celery_beat_process)
 
 def test_beat_reconciles_a_payment_that_drifted_from_stripe(stripe_emulator, celery_beat_process):
     product = make_product(on_hand=5)
-    saga = _checkout(product)
-    # The buyer paid on Stripe's side; neither the confirm's answer nor a webhook reached us.
+    saga = _checkout(product, with_intent=True)
+    # The buyer paid on Stripe's side (Stripe.js, on the checkout's intent); neither the confirm's answer
+    # nor a webhook reached us.
     stripe_emulator.client().v1.payment_intents.confirm(
         saga.payment_intent_id, params={"payment_method": "pm_card_visa"}
     )
