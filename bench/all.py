@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="time budget of each HTTP workload")
     parser.add_argument("--worker-class", default=os.environ.get("BENCH_WORKER_CLASS", "gthread"))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "4")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "8")))
     parser.add_argument("--log-level", default="WARNING", help="the server's LOG_LEVEL (INFO logs every request)")
     parser.add_argument("--hot-carts", type=int, default=3000, help="request budget of the hot rush")
     parser.add_argument("--spread-carts", type=int, default=2000, help="checkout budget of the spread run")

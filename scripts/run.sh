@@ -2,7 +2,7 @@
 # `make run`: find or start PostgreSQL and Redis, migrate, load the demo catalog, then run the web server,
 # the Celery worker and Celery beat under honcho (Procfile). Ctrl-C stops all of them.
 #
-# Environment: PORT (8000), WEB_CONCURRENCY (gunicorn workers, 2), GUNICORN_THREADS (threads per worker, 4),
+# Environment: PORT (8000), WEB_CONCURRENCY (gunicorn workers, 2), GUNICORN_THREADS (threads per worker, 8),
 # CELERY_CONCURRENCY (2), CARTFLOW_EMBEDDED=1 (embedded PostgreSQL + Redis under .data/ even when local
 # servers answer), STRIPE_EMULATOR_LATENCY_MS / STRIPE_EMULATOR_LATENCY_JITTER_MS / STRIPE_EMULATOR_RATE_LIMITS
 # (the emulator's realistic profile; they reach it through honcho's environment), plus everything
@@ -50,7 +50,7 @@ if [ -t 1 ] && [ -z "${CARTFLOW_LOG_FORMAT:-}" ]; then export CARTFLOW_LOG_FORMA
 # honcho sets its own $PORT for every process, so the address travels as CARTFLOW_BIND.
 export CARTFLOW_BIND="127.0.0.1:${PORT:-8000}"
 export WEB_CONCURRENCY="${WEB_CONCURRENCY:-2}"
-export GUNICORN_THREADS="${GUNICORN_THREADS:-4}"
+export GUNICORN_THREADS="${GUNICORN_THREADS:-8}"
 export CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-2}"
 # The emulator delivers only the event types CartFlow handles (payments/webhooks.py HANDLED_EVENT_TYPES).
 if [ -z "${STRIPE_WEBHOOK_EVENTS:-}" ]; then STRIPE_WEBHOOK_EVENTS="$("$PY" manage.py stripe_webhook_events)"; fi
