@@ -305,12 +305,8 @@ def _record(
 # --- the operations ---
 
 
-def payment_intent_create(
-    *, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None = None
-) -> IntentResult:
-    """The one PaymentIntent of an order: card only, metadata links it back to the order and the checkout."""
-    _assert_no_transaction()
-    key = f"cf:{order_id}:pi-create"
+def _intent_params(*, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None) -> dict[str, Any]:
+    """What every PaymentIntent of an order is created with: card only, metadata linking it back to the order."""
     params: dict[str, Any] = {
         "amount": amount,
         "currency": currency.lower(),
@@ -319,6 +315,16 @@ def payment_intent_create(
     }
     if email:
         params["receipt_email"] = email
+    return params
+
+
+def payment_intent_create(
+    *, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None = None
+) -> IntentResult:
+    """The one PaymentIntent of an order: card only, metadata links it back to the order and the checkout."""
+    _assert_no_transaction()
+    key = f"cf:{order_id}:pi-create"
+    params = _intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email)
     recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
     try:
         pi = _client().v1.payment_intents.create(params=params, options={"idempotency_key": key})
@@ -351,16 +357,11 @@ def payment_intent_create_and_confirm(
     """
     _assert_no_transaction()
     key = f"cf:{order_id}:pi-create-confirm:{attempt}"
-    params: dict[str, Any] = {
-        "amount": amount,
-        "currency": currency.lower(),
-        "payment_method_types": ["card"],
-        "metadata": {"order_id": order_id, "checkout_id": checkout_id},
+    params = {
+        **_intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email),
         "confirm": True,
         **_method_params(payment_method, confirmation_token),
     }
-    if email:
-        params["receipt_email"] = email
     recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
     operation = "create_confirm"
     try:
