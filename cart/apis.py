@@ -1,4 +1,4 @@
-"""Cart endpoints (API.md "Cart" and "Cart identity"): thin views over cart.services and cart.selectors."""
+"""Cart endpoints (docs/api.md, "Cart" and "Cart identity"): thin views over cart.services and cart.selectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Idempotency-Key for unsafe endpoints (API.md "Idempotency-Key"), stored in PostgreSQL.
+"""Idempotency-Key for unsafe endpoints (docs/api.md, "Idempotency-Key"), stored in PostgreSQL.
 
 Decorate an APIView handler with :func:`idempotent`::
 

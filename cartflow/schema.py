@@ -88,7 +88,7 @@ def _camel(name: str) -> str:
 
 
 def camelize_path_parameters(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
-    """drf-spectacular post-processing hook: path parameters in camelCase, as API.md writes them.
+    """drf-spectacular post-processing hook: path parameters in camelCase, as docs/api.md writes them.
 
     The URL patterns keep Python names (``product_id``); only the published names change
     (``/api/cart/items/{productId}``), which does not change any URL a client sends.

@@ -131,7 +131,7 @@ DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 if env_bool("CARTFLOW_DB_SERVER_SIDE_BINDING", False):
     DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
-# Short transactions only: no ATOMIC_REQUESTS (STYLE.md 4).
+# Short transactions only: no ATOMIC_REQUESTS (docs/architecture.md, "Layout").
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -235,14 +235,14 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api",
     "ENUM_NAME_OVERRIDES": {},
-    # Path parameters published in camelCase ({productId}) as API.md writes them.
+    # Path parameters published in camelCase ({productId}) as docs/api.md writes them.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "cartflow.schema.camelize_path_parameters",
     ],
 }
 
-# --- CartFlow domain settings (names in API.md) ---
+# --- CartFlow domain settings (documented in README.md, "Configuration") ---
 # CARTFLOW_RESERVATION_TTL_SECONDS: how long a checkout holds stock.
 CARTFLOW_RESERVATION_TTL_SECONDS = env_int("CARTFLOW_RESERVATION_TTL_SECONDS", 900)
 # CARTFLOW_RELEASE_INTERVAL_SECONDS: how often beat releases expired holds.

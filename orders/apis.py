@@ -1,4 +1,4 @@
-"""Checkout and order endpoints (API.md "Checkout"): parse, call one saga service, render."""
+"""Checkout and order endpoints (docs/api.md, "Checkout"): parse, call one saga service, render."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ class OrdersConfig(AppConfig):
     verbose_name = "Orders and checkout"
 
     def ready(self) -> None:
-        # inventory and payments know nothing of orders: they call these hooks (ARCHITECTURE.md "Layout").
+        # inventory and payments know nothing of orders: they call these hooks
+        # (docs/architecture.md, "Dependency rules").
         from inventory.hooks import register_expired_listener, register_extend_policy
         from orders import saga
         from payments.hooks import register_intent_listener

@@ -1,4 +1,4 @@
-"""Checkout invariants for `manage.py check_invariants` (ARCHITECTURE.md "Invariants")."""
+"""Checkout invariants for `manage.py check_invariants` (docs/architecture.md, "Invariants")."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def checkout_active_for_cart(*, caller: Caller) -> CheckoutSaga:
             .first()
         )
     if saga is None and caller.cart_key:
-        # The cart's last checkout lapsed: say so (API.md: 409 reservation_expired), not "no checkout".
+        # The cart's last checkout lapsed: say so (docs/api.md, "Checkout": 409 reservation_expired), not "no checkout".
         last = CheckoutSaga.objects.filter(cart_key=caller.cart_key).order_by("-pk").only("public_id", "state").first()
         if last is not None and last.state == CheckoutSaga.State.EXPIRED:
             raise ReservationExpired(checkoutId=last.public_id)

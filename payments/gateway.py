@@ -1,4 +1,4 @@
-"""The Stripe gateway: the only module that calls Stripe's API (STYLE.md 8).
+"""The Stripe gateway: the only module that calls Stripe's API (docs/architecture.md, "Dependency rules").
 
 Every write carries an idempotency key derived from the order (and the attempt), so a retry after a
 timeout or a lost response repeats the same request and Stripe performs it once. stripe-python's own
@@ -240,7 +240,8 @@ def _classify(exc: stripe.StripeError) -> Exception:
 
 def _assert_no_transaction() -> None:
     if connection.in_atomic_block:
-        # STYLE.md 4: a Stripe call inside a transaction holds locks across the network. A bug, not a state.
+        # A Stripe call inside a transaction holds locks across the network (docs/checkout-saga.md,
+        # "Guarantees"). A bug, not a state.
         raise RuntimeError("Stripe must not be called inside a database transaction")
 
 

@@ -24,7 +24,7 @@ TERMINAL_INTENT_STATUSES = ("succeeded", "canceled")
 
 
 class Payment(models.Model):
-    """The one payment of one order (API.md: an order has exactly one PaymentIntent)."""
+    """The one payment of one order (docs/checkout-saga.md, "Guarantees": an order has exactly one PaymentIntent)."""
 
     order_id = models.CharField(max_length=64, unique=True)
     checkout_id = models.CharField(max_length=64, blank=True, default="")

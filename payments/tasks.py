@@ -1,4 +1,4 @@
-"""Celery tasks of payments: thin, they take ids and call one service (STYLE.md 7)."""
+"""Celery tasks of payments: thin, they take ids and call one service (docs/architecture.md, "Layout")."""
 
 from __future__ import annotations
 

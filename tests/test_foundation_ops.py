@@ -93,7 +93,7 @@ API_MD_OPERATIONS = [
 
 
 def test_the_schema_publishes_every_operation_of_the_api_contract_with_its_path_names(client):
-    """API.md's operations, path parameters spelled as API.md spells them (camelCase)."""
+    """docs/api.md's endpoints, path parameters spelled as docs/api.md spells them (camelCase)."""
     paths = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content)["paths"]
     missing = [(m, p) for m, p in API_MD_OPERATIONS if m not in paths.get(p, {})]
     assert missing == []

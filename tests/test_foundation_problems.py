@@ -1,4 +1,4 @@
-"""Every error under /api is an RFC 9457 problem (API.md "General"); request ids; structured logs.
+"""Every error under /api is an RFC 9457 problem (docs/api.md, "General"); request ids; structured logs.
 
 The module doubles as a test-only URLConf (``@pytest.mark.urls(__name__)``): the project's routes plus
 views that fail on purpose (malformed JSON, throttling, an unexpected database error).
@@ -73,7 +73,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls(__name__)]
 
 
 def assert_problem(resp, status: int, code: str) -> dict:  # noqa: ANN001
-    """The RFC 9457 shape of API.md: content type, members, type URI from the registry, request id."""
+    """The RFC 9457 shape of docs/api.md: content type, members, type URI from the registry, request id."""
     assert resp.status_code == status, resp.content
     assert resp["Content-Type"] == "application/problem+json"
     body = json.loads(resp.content)
