@@ -611,4 +611,4 @@ def _print_budgets(rows: list[dict[str, Any]]) -> None:
             f"  {r['workload']:<24} {target:6.0f}/s needs <= {cpus * 1000 / target:6.2f} ms per request; "
             f"at {total:.2f} ms the CPUs cap it at {cpus * 1000 / total:.0f}/s"
         )
-    print('  Where each gap comes from and what would close it: README.md, "Latest figures".')
+    print('  Where each gap comes from and what would close it: docs/performance.md.')
