@@ -250,7 +250,7 @@ class Check:
 
 def verdict(facts: dict[str, Any], *, min_progress: int) -> list[Check]:
     """Every check of the campaign, each with the figure it judged. ``facts`` is what :func:`main` collects
-    (tests/test_chaos_verdict.py builds them by hand); a missing fact fails its check rather than passing."""
+    (tests/bench/test_chaos_verdict.py builds them by hand); a missing fact fails its check rather than passing."""
     checks: list[Check] = []
 
     def check(name: str, ok: bool, figure: str) -> None:

@@ -152,7 +152,7 @@ _EXPIRES_AT = serializers.DateTimeField()
 def cart_payload(view: CartView) -> dict[str, Any]:
     """``CartOutputSerializer(view).data``, built directly: every cart call renders a cart, and DRF deep-copies
     a serializer's fields per instance (per line too), about a tenth of a cart write's CPU in the profile.
-    The serializer stays the schema; tests/cart/test_cart_payload.py keeps the two identical."""
+    The serializer stays the schema; tests/cart/test_payload.py keeps the two identical."""
     return {
         "token": view.token,
         "items": [

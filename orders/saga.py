@@ -114,7 +114,7 @@ class SimulatedCrash(BaseException):  # noqa: N818 - it is not an error, it is t
 # (after the side effect, before "done" is saved). One-shot: a point fires once, then is disarmed.
 crash_points: set[str] = set()
 
-# A real crash, for tests that SIGKILL a live process (tests/test_crash_recovery_sigkill.py): with
+# A real crash, for tests that SIGKILL a live process (tests/e2e/test_crash_recovery.py): with
 # CARTFLOW_TEST_PAUSE_AT=<point> and CARTFLOW_TEST_PAUSE_FILE=<path> in its environment, the first process
 # to reach the point creates the file (holding its PID) and blocks there until it is killed. Read once at
 # import; unset (always outside tests) it costs one falsy check per point.

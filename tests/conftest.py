@@ -35,4 +35,4 @@ def api_client():
     return APIClient()
 
 
-pytest_plugins = ["tests.fixtures.emulator", "tests.fixtures.worker", "tests.fixtures.beat", "tests.fixtures.services"]
+pytest_plugins = ["tests.support.emulator", "tests.support.worker", "tests.support.beat", "tests.support.services"]

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from inventory.flashsale import flash_sale_start, flash_tokens_consume, flash_tokens_take
-from tests.saga_support import guest_with_cart, make_product
+from tests.support.saga import guest_with_cart, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

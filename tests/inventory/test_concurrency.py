@@ -17,7 +17,7 @@ from inventory.services import (
     ReserveLine,
     reservation_reserve,
 )
-from tests.threads import race
+from tests.support.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _skus = itertools.count(1)

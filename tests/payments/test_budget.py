@@ -29,7 +29,7 @@ from payments.gateway import (
     payment_intent_create,
     payment_intent_create_and_confirm,
 )
-from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, stock
+from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parent.parent

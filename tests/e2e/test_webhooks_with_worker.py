@@ -29,7 +29,7 @@ def test_duplicated_and_reversed_webhooks_converge_through_the_worker(
     # NotKnownYet, and every delivery of a still-pending event starts another retry chain of
     # CARTFLOW_WEBHOOK_MAX_RETRIES runs, each re-fetching the intent: work that grows with the deliveries and,
     # on a loaded machine, outlasted the wait below. NotKnownYet's retries and parking have their own tests
-    # in tests/test_payments_webhooks.py.
+    # in tests/payments/test_webhooks.py.
     order = Order.objects.create(public_id=order_id, cart_key="cart:e2e", currency="usd", subtotal=5000, total=5000)
     CheckoutSaga.objects.create(order=order, cart_key="cart:e2e", currency="usd", state=CheckoutSaga.State.EXPIRED)
     intent = payment_intent_create(order_id=order_id, checkout_id="chk_e2e", amount=5000, currency="usd")

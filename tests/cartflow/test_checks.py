@@ -1,6 +1,6 @@
 """The beat schedule system check (cartflow/checks.py): in-process against the test database, and as a
 real ``manage.py check`` against a database whose PeriodicTask names a task nobody registers and against
-an unreachable one; silent while migrations are pending. ``beat_schedule_as_migrated`` (tests/fixtures/beat.py)
+an unreachable one; silent while migrations are pending. ``beat_schedule_as_migrated`` (tests/support/beat.py)
 gives each test the PeriodicTask rows as the migrations created them, whatever an earlier test flushed."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from django.core.management.base import SystemCheckError
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from cartflow.checks import EXPECTED_SCHEDULES, TAG, check_beat_schedules
-from tests.fixtures.services import free_port
-from tests.fixtures.worker import ROOT, database_url_for
+from tests.support.services import free_port
+from tests.support.worker import ROOT, database_url_for
 
 RELEASE = "inventory: release expired reservations"
 

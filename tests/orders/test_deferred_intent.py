@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from orders.models import CheckoutSaga
 from payments.models import PaymentAttempt
-from tests.saga_support import (
+from tests.support.saga import (
     charges,
     guest_with_cart,
     intents_of_order,

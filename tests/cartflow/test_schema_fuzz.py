@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.saga_support import make_product
+from tests.support.saga import make_product
 
 MAX_EXAMPLES = 12
 # What the contract promises about responses. Not "positive data acceptance": the document types headers

@@ -3,7 +3,7 @@ created) sends each job through the real broker to the real worker, and the job'
 PostgreSQL, Redis or the Stripe emulator.
 
 Each test prepares the state its job repairs with the worker detached, then ``celery_beat_process``
-(tests/fixtures/beat.py) shortens only that job's interval to 1 s, disables the others (so the effect can
+(tests/support/beat.py) shortens only that job's interval to 1 s, disables the others (so the effect can
 only come from this job) and starts beat. A task renamed in code but not in its PeriodicTask, a schedule
 disabled or pointed at another task: beat sends nothing useful and the test fails.
 """
@@ -26,7 +26,7 @@ from orders.models import CheckoutSaga, Outbox
 from orders.saga import SimulatedCrash, checkout_confirm, checkout_payment_intent, checkout_start
 from payments.gateway import payment_intent_retrieve
 from payments.models import Payment
-from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
+from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -18,7 +18,7 @@ from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
 from orders.saga import SimulatedCrash
 from payments.models import Payment, WebhookEvent
-from tests.saga_support import guest_with_cart, invariants_hold, make_product, stock
+from tests.support.saga import guest_with_cart, invariants_hold, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

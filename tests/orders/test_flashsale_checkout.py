@@ -15,7 +15,7 @@ from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_swee
 from inventory.models import Reservation, Stock
 from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
-from tests.saga_support import invariants_hold, make_product
+from tests.support.saga import invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _addresses = itertools.count(1)
@@ -199,7 +199,7 @@ class OwnRedis:
         import shutil
         import subprocess
 
-        from tests.fixtures.services import free_port
+        from tests.support.services import free_port
 
         self.subprocess = subprocess
         self.executable = shutil.which("redis-server")

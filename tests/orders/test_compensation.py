@@ -1,4 +1,4 @@
-"""Compensation to ``failed`` through the HTTP endpoints: the paths tests/test_saga_failures.py drives at the
+"""Compensation to ``failed`` through the HTTP endpoints: the paths tests/orders/test_saga_failures.py drives at the
 service level (the confirm's PaymentIntent creation fails; the hold lapses and the stock goes while the buyer
 pays) reached here by a buyer's requests instead, with the money and the stock asserted."""
 
@@ -13,7 +13,7 @@ from django.db import connection
 from inventory.models import Reservation
 from inventory.services import reservation_release
 from orders.models import CheckoutSaga, Order
-from tests.saga_support import (
+from tests.support.saga import (
     charges,
     guest_with_cart,
     held,

@@ -19,8 +19,8 @@ from rest_framework.views import APIView
 
 from cartflow import idempotency
 from cartflow.models import IdempotencyRecord
-from tests.saga_support import guest_with_cart, make_product
-from tests.threads import race
+from tests.support.saga import guest_with_cart, make_product
+from tests.support.threads import race
 
 RUNS: list[dict] = []
 DIE_NEXT: list[bool] = []
@@ -152,7 +152,7 @@ def test_the_lock_of_a_request_that_died_is_taken_over_once_it_lapses(key_clock,
 @pytest.mark.django_db(transaction=True)
 def test_racing_claims_of_one_key_let_exactly_one_run():
     """The lock at the service level, with real concurrent connections (the HTTP 409 is in
-    tests/test_checkout_concurrency.py): one claim owns the key, every other one is told it is busy."""
+    tests/orders/test_checkout_concurrency.py): one claim owns the key, every other one is told it is busy."""
 
     def claim(_i: int) -> str:
         return idempotency._claim("scope:race", "k-race", "f" * 64)[0]

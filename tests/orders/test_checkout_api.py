@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from orders.models import CheckoutSaga, Order
 from orders.services import outbox_process_pending
-from tests.saga_support import (
+from tests.support.saga import (
     charges,
     guest_with_cart,
     held,

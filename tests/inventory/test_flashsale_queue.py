@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from inventory.flashsale import flash_pool_state, flash_sale_start
 from inventory.flashsale_queue import flash_queue_length
 from orders.models import CheckoutSaga
-from tests.saga_support import invariants_hold, make_product
+from tests.support.saga import invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _addresses = itertools.count(1)

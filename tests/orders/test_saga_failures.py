@@ -18,7 +18,7 @@ from orders.saga import SimulatedCrash, checkout_cancel, checkout_confirm, check
 from orders.services import outbox_process_pending
 from payments.gateway import PaymentTransientError, payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
-from tests.saga_support import (
+from tests.support.saga import (
     charges,
     guest_with_cart,
     held,

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 from cart.identity import token_hash
 from cart.services import cart_merge, cart_snapshot
 from tests.cart.conftest import add, adopt_token
-from tests.threads import race
+from tests.support.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,7 +1,7 @@
 """Real crashes: a live gunicorn server is SIGKILLed in the middle of a saga step, then recovery ends it.
 
-tests/test_saga_failures.py raises ``SimulatedCrash`` at the crash points of orders/saga.py inside the
-test process; here the process really dies. Each test starts gunicorn (tests/fixtures/gunicorn.py) with
+tests/orders/test_saga_failures.py raises ``SimulatedCrash`` at the crash points of orders/saga.py inside the
+test process; here the process really dies. Each test starts gunicorn (tests/support/gunicorn.py) with
 ``CARTFLOW_TEST_PAUSE_AT=<point>`` and a 1 s saga lease, drives a buyer over HTTP until the worker blocks at
 that point, checks what is persisted at that instant, kills the worker with SIGKILL (no ``finally``, no
 ``except``, no lease release: its database connections just drop), waits for the dead lease to lapse and
@@ -32,8 +32,8 @@ from inventory.models import Product, Reservation, Stock
 from inventory.services import reservation_release
 from orders.models import CheckoutSaga, Order
 from orders.services import outbox_process_pending
-from tests.fixtures.gunicorn import GunicornServer, wait_for
-from tests.saga_support import stripe_request_counter
+from tests.support.gunicorn import GunicornServer, wait_for
+from tests.support.saga import stripe_request_counter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,7 +23,7 @@ from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_swee
 from inventory.models import Reservation, Stock
 from orders.models import CheckoutSaga, Order
 from orders.saga import saga_recover
-from tests.saga_support import charges, intents_of_order, invariants_hold, make_product
+from tests.support.saga import charges, intents_of_order, invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CANCEL = "POST /v1/payment_intents/*/cancel"

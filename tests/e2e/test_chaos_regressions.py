@@ -6,7 +6,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from tests.saga_support import guest_with_cart, make_product
+from tests.support.saga import guest_with_cart, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ from cart.identity import cart_ref_for_token
 from cartflow.models import IdempotencyRecord
 from orders.models import CheckoutSaga
 from orders.saga import checkout_confirm, checkout_start
-from tests.saga_support import charges, guest_with_cart, held, invariants_hold, make_product, stock
-from tests.threads import race
+from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, stock
+from tests.support.threads import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,7 +118,7 @@ def test_same_key_while_the_first_request_runs_is_409_with_retry_after(stripe_em
 
 def test_expired_checkout_frees_the_cart_for_a_new_one(stripe_emulator, settings):
     from inventory.services import reservations_release_expired
-    from tests.saga_support import later
+    from tests.support.saga import later
 
     product = make_product()
     client = guest_with_cart((product, 2))
