@@ -28,7 +28,7 @@ from .realism import Latency, RateLimiter
 from .state import API_VERSION, EmulatorState, RequestInfo, new_id
 from .webhooks import WebhookDispatcher, parse_enabled_events
 
-log = logging.getLogger("payments.emulator")
+log = logging.getLogger("stripe_emulator")
 
 _ID = r"([A-Za-z0-9_]+)"
 
