@@ -45,6 +45,7 @@ from bench.ceiling import postgres_ceilings, redis_ceilings
 from bench.cpu import cpu_per_request, cpu_snapshot
 from bench.driver import Result
 from bench.driver import run as driver_run
+from stripe_emulator.realism import parse_rate_limits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -201,8 +202,6 @@ def main(argv: list[str]) -> int:
         "STRIPE_EMULATOR_LATENCY_MS": str(args.stripe_latency_ms),
         "STRIPE_EMULATOR_RATE_LIMITS": args.stripe_rate_limits,
     }
-    from payments.emulator.realism import parse_rate_limits
-
     endpoint_rate, global_rate = parse_rate_limits(args.stripe_rate_limits)
     stripe_rate = min(r for r in (endpoint_rate, global_rate, math.inf) if r is not None)
 

@@ -20,7 +20,7 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _GROUPS = (
     ("web", lambda s: "gunicorn" in s),
     ("celery", lambda s: "celery" in s),
-    ("stripe emulator", lambda s: "payments.emulator" in s),
+    ("stripe emulator", lambda s: "stripe_emulator" in s),
     ("postgres", lambda s: s.startswith("postgres")),
     ("redis", lambda s: s.startswith("redis-server")),
 )

@@ -30,6 +30,7 @@ import httpx
 
 from bench.driver import ClientState, run
 from bench.stack import gunicorn_start, process_stop
+from stripe_emulator import EmulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,8 +134,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     import redis
-
-    from payments.emulator import EmulatorServer
 
     redis.Redis.from_url(args.redis_url).flushdb()
     _create_database(args.database_url)

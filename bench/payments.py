@@ -16,6 +16,8 @@ import statistics
 import time
 import uuid
 
+from stripe_emulator import EmulatorServer, sign
+
 
 def _stats(name: str, samples: list[float]) -> dict:
     ms = sorted(s * 1000 for s in samples)
@@ -45,7 +47,6 @@ def main(argv: list[str]) -> int:
     from django.core.management import call_command
     from django.test import Client
 
-    from payments.emulator import EmulatorServer, sign
     from payments.gateway import payment_intent_confirm, payment_intent_create
     from payments.webhooks import webhook_event_process
 

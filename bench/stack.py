@@ -190,7 +190,7 @@ class Stack:
         proc = self.spawn(
             "stripe",
             [
-                str(BIN / "python"), "-m", "payments.emulator", "--host", "127.0.0.1", "--port", str(port),
+                str(BIN / "python"), "-m", "stripe_emulator", "--host", "127.0.0.1", "--port", str(port),
                 "--webhook-url", f"{self.web_url}/api/webhooks/stripe", "--webhook-secret", WEBHOOK_SECRET,
                 "--enabled-events", ",".join(HANDLED_EVENT_TYPES),
             ],

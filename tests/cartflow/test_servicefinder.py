@@ -227,13 +227,14 @@ def test_dockerfile_is_multi_stage_and_non_root():
     assert text.index(user_lines[-1]) > text.index("COPY --chown")
 
 
-def test_procfile_runs_web_worker_and_beat():
+def test_procfile_runs_web_worker_beat_and_the_emulator():
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line and line[0] != "#")
     assert set(lines) >= {"web", "worker", "beat"}
     assert "gunicorn cartflow.wsgi" in lines["web"] and "$CARTFLOW_BIND" in lines["web"]
     assert "$WEB_CONCURRENCY" in lines["web"]
     assert "celery -A cartflow worker" in lines["worker"]
     assert "--scheduler django_celery_beat.schedulers:DatabaseScheduler" in lines["beat"]
+    assert "exec python -m stripe_emulator --webhook-url" in lines["stripe"]
 
 
 def test_dotenv_fills_gaps_but_the_environment_wins(tmp_path, monkeypatch):

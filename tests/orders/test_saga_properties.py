@@ -55,10 +55,10 @@ from orders.errors import (
 from orders.models import CheckoutSaga, Order
 from orders.saga import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.services import outbox_process_pending
-from payments.emulator.webhooks import sign
 from payments.gateway import PaymentMethodInvalid, PaymentTransientError
 from payments.hooks import NotKnownYet
 from payments.webhooks import webhook_event_process, webhook_event_receive
+from stripe_emulator.webhooks import sign
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,13 +8,13 @@ import uuid
 
 import pytest
 
-from payments.emulator import sign
 from payments.gateway import payment_intent_confirm, payment_intent_create
 from payments.hooks import NotKnownYet, register_intent_listener, unregister_intent_listener
 from payments.models import Payment, WebhookEvent
 from payments.selectors import payment_get
 from payments.tasks import process_webhook_event
-from payments.webhooks import webhook_event_process
+from payments.webhooks import HANDLED_EVENT_TYPES, webhook_event_process
+from stripe_emulator import sign
 
 URL = "/api/webhooks/stripe"
 SECRET = "whsec_test_intake"
@@ -141,6 +141,19 @@ def test_unknown_event_types_are_ignored(api_client, webhook_secret):
     event = _event("customer.created")
     _post(api_client, json.dumps(event))
     assert webhook_event_process(event_id=event["id"]).status == "ignored"
+
+
+def test_the_handled_types_as_enabled_events_deliver_a_payments_outcome_and_not_its_steps(stripe_emulator):
+    """`make run`, the bench stack and the e2e tests give the emulator HANDLED_EVENT_TYPES as its enabled_events:
+    of a create + confirm only payment_intent.succeeded is delivered; every event is still listed."""
+    stripe_emulator.set_webhook_url(None, events=HANDLED_EVENT_TYPES)
+    client = stripe_emulator.client()
+    intent = client.v1.payment_intents.create(params={"amount": 3000, "currency": "usd"})
+    client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    assert stripe_emulator.wait_for_webhooks()
+    types = {event["id"]: event["type"] for event in stripe_emulator.events()}
+    assert sorted(types.values()) == ["charge.succeeded", "payment_intent.created", "payment_intent.succeeded"]
+    assert [types[delivery["event_id"]] for delivery in stripe_emulator.deliveries()] == ["payment_intent.succeeded"]
 
 
 # --- processing (task functions called here; the real worker in test_payments_worker.py) ---

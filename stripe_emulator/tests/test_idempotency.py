@@ -12,21 +12,21 @@ CREATE = {"amount": 1800, "currency": "eur", "metadata": {"order_id": "9"}}
 
 
 @pytest.fixture
-def client(stripe_emulator):
-    return stripe_emulator.client(max_network_retries=0)
+def client(emulator):
+    return emulator.client(max_network_retries=0)
 
 
 def _key(name: str) -> dict[str, str]:
     return {"idempotency_key": name}
 
 
-def test_same_key_same_params_replays_the_stored_response(client, stripe_emulator):
+def test_same_key_same_params_replays_the_stored_response(client, emulator):
     first = client.v1.payment_intents.create(params=CREATE, options=_key("order-9"))
     again = client.v1.payment_intents.create(params=CREATE, options=_key("order-9"))
     assert again.id == first.id
     assert again.last_response.headers.get("Idempotent-Replayed") == "true"
     assert first.last_response.headers.get("Idempotent-Replayed") is None
-    assert len(stripe_emulator.events("payment_intent.created")) == 1
+    assert len(emulator.events("payment_intent.created")) == 1
 
 
 def test_same_key_other_params_is_an_idempotency_error(client):
@@ -43,15 +43,15 @@ def test_same_key_on_another_endpoint_is_an_idempotency_error(client):
         client.v1.payment_intents.cancel(pi.id, options=_key("shared"))
 
 
-def test_keys_are_scoped_to_the_api_key(stripe_emulator):
-    ours = stripe_emulator.client()
-    theirs = stripe.StripeClient("sk_test_other_account", base_addresses={"api": stripe_emulator.url})
+def test_keys_are_scoped_to_the_api_key(emulator):
+    ours = emulator.client()
+    theirs = stripe.StripeClient("sk_test_other_account", base_addresses={"api": emulator.url})
     a = ours.v1.payment_intents.create(params=CREATE, options=_key("k"))
     b = theirs.v1.payment_intents.create(params=CREATE, options=_key("k"))
     assert a.id != b.id
 
 
-def test_a_card_error_is_replayed_not_retried(client, stripe_emulator):
+def test_a_card_error_is_replayed_not_retried(client, emulator):
     pi = client.v1.payment_intents.create(params=CREATE)
     params = {"payment_method": "pm_card_visa_chargeDeclined"}
     with pytest.raises(stripe.CardError) as first:
@@ -60,7 +60,7 @@ def test_a_card_error_is_replayed_not_retried(client, stripe_emulator):
         client.v1.payment_intents.confirm(pi.id, params=params, options=_key("confirm-1"))
     assert second.value.error.charge == first.value.error.charge
     assert second.value.headers.get("Idempotent-Replayed") == "true"
-    assert len(stripe_emulator.events("charge.failed")) == 1
+    assert len(emulator.events("charge.failed")) == 1
 
 
 def test_a_validation_error_is_not_stored_under_the_key(client):
@@ -70,8 +70,8 @@ def test_a_validation_error_is_not_stored_under_the_key(client):
     assert fixed.status == "requires_payment_method"
 
 
-def test_a_concurrent_duplicate_gets_409_idempotency_key_in_use(client, stripe_emulator):
-    stripe_emulator.add_fault("POST /v1/payment_intents", "latency", ms=600)
+def test_a_concurrent_duplicate_gets_409_idempotency_key_in_use(client, emulator):
+    emulator.add_fault("POST /v1/payment_intents", "latency", ms=600)
     results: dict[str, object] = {}
 
     def first() -> None:
@@ -80,7 +80,7 @@ def test_a_concurrent_duplicate_gets_409_idempotency_key_in_use(client, stripe_e
     thread = threading.Thread(target=first)
     thread.start()
     deadline = time.monotonic() + 30
-    while stripe_emulator.faults():  # the fault fired: the first request has arrived and holds the key
+    while emulator.faults():  # the fault fired: the first request has arrived and holds the key
         assert time.monotonic() < deadline, "the first request never reached the emulator"
         time.sleep(0.01)
     with pytest.raises(stripe.APIError) as excinfo:
@@ -89,18 +89,18 @@ def test_a_concurrent_duplicate_gets_409_idempotency_key_in_use(client, stripe_e
     assert excinfo.value.http_status == 409 and excinfo.value.error.code == "idempotency_key_in_use"
     replay = client.v1.payment_intents.create(params=CREATE, options=_key("slow"))
     assert replay.id == results["first"].id
-    assert len(stripe_emulator.events("payment_intent.created")) == 1
+    assert len(emulator.events("payment_intent.created")) == 1
 
 
-def test_concurrent_confirms_with_different_keys_charge_once(stripe_emulator):
+def test_concurrent_confirms_with_different_keys_charge_once(emulator):
     """Twelve threads on their own connections confirm one intent: one wins, the rest see its new state."""
-    client = stripe_emulator.client()
+    client = emulator.client()
     pi = client.v1.payment_intents.create(params=CREATE)
     outcomes: list[str] = []
     barrier = threading.Barrier(12)
 
     def confirm(n: int) -> None:
-        own = stripe_emulator.client()
+        own = emulator.client()
         barrier.wait()
         try:
             own.v1.payment_intents.confirm(pi.id, params={"payment_method": "pm_card_visa"}, options=_key(f"c{n}"))
@@ -114,13 +114,13 @@ def test_concurrent_confirms_with_different_keys_charge_once(stripe_emulator):
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["payment_intent_unexpected_state"] * 11 + ["succeeded"]
-    assert len(stripe_emulator.events("charge.succeeded")) == 1
+    assert len(emulator.events("charge.succeeded")) == 1
 
 
-def test_keys_expire_after_24_hours(client, stripe_emulator):
+def test_keys_expire_after_24_hours(client, emulator):
     first = client.v1.payment_intents.create(params=CREATE, options=_key("old"))
-    stripe_emulator.advance_clock(23 * 3600)
+    emulator.advance_clock(23 * 3600)
     assert client.v1.payment_intents.create(params=CREATE, options=_key("old")).id == first.id
-    stripe_emulator.advance_clock(3600 + 1)
+    emulator.advance_clock(3600 + 1)
     fresh = client.v1.payment_intents.create(params={**CREATE, "amount": 999}, options=_key("old"))
     assert fresh.id != first.id and fresh.amount == 999

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,35 +11,42 @@ import urllib.request
 
 import pytest
 
-from payments.emulator import EmulatorServer
-from payments.emulator.webhooks import parse_enabled_events
-from payments.webhooks import HANDLED_EVENT_TYPES
-from tests.test_emulator_webhooks import CREATE, Receiver, client, receiver  # noqa: F401 - fixtures
+from stripe_emulator import EmulatorServer
+from stripe_emulator.tests.support import ROOT, free_port
+from stripe_emulator.webhooks import parse_enabled_events
 
+CREATE = {"amount": 3000, "currency": "usd", "metadata": {"order_id": "5"}}
 ALL_TYPES = ["payment_intent.created", "charge.succeeded", "payment_intent.succeeded"]
+# What a webhook endpoint that acts on a payment's outcome enables: none of a create + confirm's other events.
+OUTCOMES = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
 
 
-def test_only_enabled_types_are_delivered_but_every_event_is_listed(client, stripe_emulator, receiver):  # noqa: F811
-    stripe_emulator.set_webhook_url(receiver.url, events=HANDLED_EVENT_TYPES)
+@pytest.fixture
+def client(emulator):
+    return emulator.client()
+
+
+def test_only_enabled_types_are_delivered_but_every_event_is_listed(client, emulator, receiver):
+    emulator.set_webhook_url(receiver.url, events=OUTCOMES)
     pi = client.v1.payment_intents.create(params=CREATE)
     client.v1.payment_intents.confirm(pi.id, params={"payment_method": "pm_card_visa"})
-    assert stripe_emulator.wait_for_webhooks()
+    assert emulator.wait_for_webhooks()
     assert receiver.types() == ["payment_intent.succeeded"]
     listed = [event.type for event in client.v1.events.list(params={"limit": 100}).data]
     assert sorted(listed) == sorted(ALL_TYPES)
 
 
-def test_configure_changes_the_filter_and_star_delivers_everything_again(client, stripe_emulator, receiver):  # noqa: F811
-    status = stripe_emulator.webhooks("configure", enabled_events=["charge.succeeded"])
+def test_configure_changes_the_filter_and_star_delivers_everything_again(client, emulator, receiver):
+    status = emulator.webhooks("configure", enabled_events=["charge.succeeded"])
     assert status["enabled_events"] == ["charge.succeeded"]
     client.v1.payment_intents.confirm(
         client.v1.payment_intents.create(params=CREATE).id, params={"payment_method": "pm_card_visa"}
     )
-    assert stripe_emulator.wait_for_webhooks()
+    assert emulator.wait_for_webhooks()
     assert receiver.types() == ["charge.succeeded"]
-    assert stripe_emulator.webhooks("configure", enabled_events="*")["enabled_events"] == ["*"]
+    assert emulator.webhooks("configure", enabled_events="*")["enabled_events"] == ["*"]
     client.v1.payment_intents.create(params=CREATE)
-    assert stripe_emulator.wait_for_webhooks()
+    assert emulator.wait_for_webhooks()
     assert receiver.types() == ["charge.succeeded", "payment_intent.created"]
 
 
@@ -69,13 +75,13 @@ def test_parse_enabled_events(value, expected):
 
 
 def test_command_line_takes_the_list_from_the_environment_and_the_flag_wins():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "STRIPE_WEBHOOK_EVENTS": "charge.refunded,payment_intent.succeeded"}
-    argv = [sys.executable, "-m", "payments.emulator", "--port", str(port), "--webhook-url", ""]
+    argv = [sys.executable, "-m", "stripe_emulator", "--port", str(port), "--webhook-url", ""]
     for extra, expected in (([], ["charge.refunded", "payment_intent.succeeded"]), (["--enabled-events", "*"], ["*"])):
-        proc = subprocess.Popen([*argv, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*argv, *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             deadline = time.monotonic() + 15
             while True:

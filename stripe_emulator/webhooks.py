@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("payments.emulator.webhooks")
+log = logging.getLogger("stripe_emulator.webhooks")
 
 
 def sign(payload: str, secret: str, timestamp: int) -> str:

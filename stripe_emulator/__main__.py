@@ -1,4 +1,4 @@
-"""``python -m payments.emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]
+"""``python -m stripe_emulator [--host H] [--port P] [--webhook-url URL] [--webhook-secret whsec_...]
 [--enabled-events TYPE,TYPE|*] [--latency-ms MS] [--latency-jitter-ms MS] [--rate-limits ENDPOINT/GLOBAL]``."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _ms(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     base = urlsplit(os.environ.get("STRIPE_API_BASE") or "http://127.0.0.1:12111")
     secret = (os.environ.get("STRIPE_WEBHOOK_SECRET") or "whsec_cartflow_dev").split(",")[0].strip()
-    parser = argparse.ArgumentParser(prog="python -m payments.emulator", description="CartFlow's Stripe emulator")
+    parser = argparse.ArgumentParser(prog="python -m stripe_emulator", description="CartFlow's Stripe emulator")
     parser.add_argument("--host", default=base.hostname or "127.0.0.1")
     parser.add_argument("--port", type=int, default=base.port or 12111)
     parser.add_argument(
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.bind()
-    logging.getLogger("payments.emulator").info(
+    logging.getLogger("stripe_emulator").info(
         "Stripe emulator on %s, webhooks to %s (events: %s); latency %s, rate limits %s",
         server.url,
         args.webhook_url or "(none)",

@@ -1,29 +1,19 @@
-"""In-memory Stripe objects (PaymentIntents, charges, refunds, events) and the operations on them.
+"""The operations that change the emulator's objects: the PaymentIntent state machine and refunds.
 
-One re-entrant lock guards everything; every operation runs under it, so concurrent requests see whole
-state changes. Every state change records an event and hands it to ``on_event`` (the webhook dispatcher).
+Each runs under the store's lock (store.py) and records an event for every state change, like Stripe's.
 """
 
 from __future__ import annotations
 
 import copy
-import secrets
-import string
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ApiError, invalid, missing_param, no_such, unexpected_state
 from .forms import as_bool
-from .idempotency import IdempotencyStore
+from .params import merge_metadata, parse_amount, parse_currency, parse_int, parse_metadata, reject_unknown
+from .store import RequestInfo, Store, new_id, public
 from .testcards import GENERIC_DECLINE, TEST_CARDS, TestCard
 
-API_VERSION = "2026-10-28.endive"
-_ALPHABET = string.ascii_letters + string.digits
-# Stripe's minimum charge amounts for common currencies (https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts).
-_MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "gbp": 30, "cad": 50, "aud": 50, "chf": 50, "jpy": 50}
 _CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
 _CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
 _CREATE_PARAMS = {
@@ -45,150 +35,14 @@ _UPDATE_PARAMS = {
 }  # fmt: skip
 
 
-def new_id(prefix: str, length: int = 24) -> str:
-    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-@dataclass
-class RequestInfo:
-    """Who caused a change: goes into ``event.request`` like Stripe's."""
-
-    request_id: str | None = None
-    idempotency_key: str | None = None
-    force_decline: bool = False
-
-
-class EmulatorState:
-    def __init__(self, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.lock = threading.RLock()
-        self.on_event = on_event or (lambda event: None)
-        self.clock_offset = 0.0
-        self.idempotency = IdempotencyStore(self.lock, self.now)
-        self.reset()
-
-    # -- housekeeping -----------------------------------------------------------------------------------------
-    def now(self) -> float:
-        return time.time() + self.clock_offset
-
-    def reset(self) -> None:
-        with self.lock:
-            self.payment_intents: dict[str, dict[str, Any]] = {}
-            self.charges: dict[str, dict[str, Any]] = {}
-            self.refunds: dict[str, dict[str, Any]] = {}
-            self.payment_methods: dict[str, dict[str, Any]] = {}
-            self.events: dict[str, dict[str, Any]] = {}
-            self.clock_offset = 0.0
-            self.idempotency.reset()
-
-    def counts(self) -> dict[str, int]:
-        with self.lock:
-            return {
-                "payment_intents": len(self.payment_intents),
-                "charges": len(self.charges),
-                "refunds": len(self.refunds),
-                "events": len(self.events),
-                "idempotency_keys": len(self.idempotency),
-            }
-
-    def _emit(self, event_type: str, obj: dict[str, Any], req: RequestInfo | None) -> dict[str, Any]:
-        event = {
-            "id": new_id("evt"),
-            "object": "event",
-            "api_version": API_VERSION,
-            "created": int(self.now()),
-            "data": {"object": copy.deepcopy(obj)},
-            "livemode": False,
-            "pending_webhooks": 1,
-            "request": {
-                "id": req.request_id if req else None,
-                "idempotency_key": req.idempotency_key if req else None,
-            },
-            "type": event_type,
-        }
-        self.events[event["id"]] = event
-        self.on_event(copy.deepcopy(event))
-        return event
-
-    # -- reads ------------------------------------------------------------------------------------------------
-    def retrieve(self, kind: str, object_id: str, expand: list[str] | None = None) -> dict[str, Any]:
-        with self.lock:
-            table, label = self._table(kind)
-            obj = table.get(object_id)
-            if obj is None:
-                raise no_such(label, object_id, param="intent" if kind == "payment_intent" else "id")
-            return self.render(obj, expand)
-
-    def list(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Newest first, ``limit`` (1..100, default 10), ``starting_after``/``ending_before``, like Stripe's lists."""
-        with self.lock:
-            table, label = self._table(kind)
-            try:
-                limit = int(params.get("limit", 10))
-            except (TypeError, ValueError):
-                raise invalid("Invalid integer: limit", code="parameter_invalid_integer", param="limit") from None
-            if not 1 <= limit <= 100:
-                raise invalid("This value must be between 1 and 100 (inclusive).", param="limit")
-            items = list(reversed(table.values()))
-            if kind == "event":
-                types = params.get("types") or ([params["type"]] if params.get("type") else None)
-                if types:
-                    items = [e for e in items if any(_type_matches(e["type"], t) for t in types)]
-            if kind in ("payment_intent", "refund") and params.get("payment_intent"):
-                items = [o for o in items if o.get("payment_intent") == params["payment_intent"]]
-            after, before = params.get("starting_after"), params.get("ending_before")
-            ids = [o["id"] for o in items]
-            if after:
-                if after not in table:
-                    raise no_such(label, after, param="starting_after")
-                items = items[ids.index(after) + 1 :] if after in ids else []
-                page = items[:limit]
-            elif before:
-                if before not in table:
-                    raise no_such(label, before, param="ending_before")
-                items = items[: ids.index(before)] if before in ids else []
-                page = items[-limit:]
-            else:
-                page = items[:limit]
-            expand = [e.removeprefix("data.") for e in params.get("expand") or []]
-            return {
-                "object": "list",
-                "data": [self.render(o, expand) for o in page],
-                "has_more": len(items) > limit,
-                "url": f"/v1/{label}s" if kind != "payment_intent" else "/v1/payment_intents",
-            }
-
-    def render(self, obj: dict[str, Any], expand: list[str] | None = None) -> dict[str, Any]:
-        out = _public(copy.deepcopy(obj))
-        for path in expand or []:
-            field = path.split(".")[0]
-            value = out.get(field)
-            if not isinstance(value, str):
-                continue
-            target = (
-                self.charges.get(value)
-                or self.payment_intents.get(value)
-                or self.payment_methods.get(value)
-                or self.refunds.get(value)
-            )
-            if target is not None:
-                out[field] = _public(copy.deepcopy(target))
-        return out
-
-    def _table(self, kind: str) -> tuple[dict[str, dict[str, Any]], str]:
-        tables = {
-            "payment_intent": (self.payment_intents, "payment_intent"),
-            "charge": (self.charges, "charge"),
-            "refund": (self.refunds, "refund"),
-            "event": (self.events, "event"),
-            "payment_method": (self.payment_methods, "payment_method"),
-        }
-        return tables[kind]
+class EmulatorState(Store):
+    """The emulator's objects (store.py) and the operations of Stripe's API on them."""
 
     # -- PaymentIntents ---------------------------------------------------------------------------------------
     def payment_intent_create(self, params: dict[str, Any], req: RequestInfo | None = None) -> dict[str, Any]:
-        _reject_unknown(params, _CREATE_PARAMS)
-        amount = _amount(params)
-        currency = _currency(params)
+        reject_unknown(params, _CREATE_PARAMS)
+        amount = parse_amount(params)
+        currency = parse_currency(params)
         capture_method = params.get("capture_method", "automatic")
         if capture_method not in ("automatic", "automatic_async", "manual"):
             raise invalid(
@@ -199,7 +53,7 @@ class EmulatorState:
             raise invalid(
                 "Invalid confirmation_method: must be one of automatic or manual", param="confirmation_method"
             )
-        metadata = _metadata(params.get("metadata"))
+        metadata = parse_metadata(params.get("metadata"))
         confirm = as_bool(params.get("confirm"))
         apm = params.get("automatic_payment_methods")
         apm_enabled = isinstance(apm, dict) and as_bool(apm.get("enabled"))
@@ -256,7 +110,7 @@ class EmulatorState:
     def payment_intent_update(
         self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
     ) -> dict[str, Any]:
-        _reject_unknown(params, _UPDATE_PARAMS)
+        reject_unknown(params, _UPDATE_PARAMS)
         with self.lock:
             pi = self._intent(pi_id)
             if pi["status"] in ("succeeded", "canceled", "processing"):
@@ -267,11 +121,11 @@ class EmulatorState:
                     payment_intent=self.render(pi),
                 )
             if "amount" in params:
-                pi["amount"] = _amount(params)
+                pi["amount"] = parse_amount(params)
             if "currency" in params:
-                pi["currency"] = _currency(params)
+                pi["currency"] = parse_currency(params)
             if "metadata" in params:
-                pi["metadata"] = _merge_metadata(pi["metadata"], params["metadata"])
+                pi["metadata"] = merge_metadata(pi["metadata"], params["metadata"])
             for field in ("description", "receipt_email", "setup_future_usage", "statement_descriptor"):
                 if field in params:
                     pi[field] = params[field] or None
@@ -284,7 +138,7 @@ class EmulatorState:
     def payment_intent_confirm(
         self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
     ) -> dict[str, Any]:
-        _reject_unknown(params, _CONFIRM_PARAMS)
+        reject_unknown(params, _CONFIRM_PARAMS)
         with self.lock:
             pi = self._intent(pi_id)
             if pi["status"] not in _CONFIRMABLE:
@@ -302,7 +156,7 @@ class EmulatorState:
     def payment_intent_cancel(
         self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
     ) -> dict[str, Any]:
-        _reject_unknown(params, {"cancellation_reason", "expand"})
+        reject_unknown(params, {"cancellation_reason", "expand"})
         reason = params.get("cancellation_reason")
         if reason not in (None, "duplicate", "fraudulent", "requested_by_customer", "abandoned"):
             raise invalid(
@@ -335,7 +189,7 @@ class EmulatorState:
     def payment_intent_capture(
         self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
     ) -> dict[str, Any]:
-        _reject_unknown(params, {"amount_to_capture", "expand", "metadata", "statement_descriptor", "final_capture"})
+        reject_unknown(params, {"amount_to_capture", "expand", "metadata", "statement_descriptor", "final_capture"})
         with self.lock:
             pi = self._intent(pi_id)
             if pi["status"] != "requires_capture":
@@ -345,7 +199,7 @@ class EmulatorState:
                     payment_intent=self.render(pi),
                 )
             capturable = pi["amount_capturable"]
-            amount = _int(params.get("amount_to_capture", capturable), "amount_to_capture")
+            amount = parse_int(params.get("amount_to_capture", capturable), "amount_to_capture")
             if amount > capturable or amount < 1:
                 raise ApiError(
                     400,
@@ -356,7 +210,7 @@ class EmulatorState:
             charge = self.charges[pi["latest_charge"]]
             charge.update(captured=True, amount_captured=amount, amount_refunded=charge["amount"] - amount)
             if "metadata" in params:
-                pi["metadata"] = _merge_metadata(pi["metadata"], params["metadata"])
+                pi["metadata"] = merge_metadata(pi["metadata"], params["metadata"])
             pi.update(status="succeeded", amount_received=amount, amount_capturable=0)
             self._emit("charge.captured", charge, req)
             self._emit("payment_intent.succeeded", pi, req)
@@ -383,7 +237,7 @@ class EmulatorState:
                         "doc_url": "https://stripe.com/docs/error-codes/payment-intent-authentication-failure",
                         "message": "The provided PaymentMethod has failed authentication. You can provide "
                         "payment_method_data or a new PaymentMethod to attempt to fulfill this PaymentIntent again.",
-                        "payment_method": _public(pm) if pm else None,
+                        "payment_method": public(pm) if pm else None,
                         "type": "invalid_request_error",
                     },
                 )
@@ -396,7 +250,7 @@ class EmulatorState:
 
     # -- Refunds ----------------------------------------------------------------------------------------------
     def refund_create(self, params: dict[str, Any], req: RequestInfo | None = None) -> dict[str, Any]:
-        _reject_unknown(
+        reject_unknown(
             params, {"payment_intent", "charge", "amount", "reason", "metadata", "expand", "instructions_email"}
         )
         reason = params.get("reason")
@@ -424,7 +278,7 @@ class EmulatorState:
             remaining = charge["amount_captured"] - charge["amount_refunded"]
             if remaining <= 0:
                 raise ApiError(400, f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
-            amount = _int(params.get("amount", remaining), "amount")
+            amount = parse_int(params.get("amount", remaining), "amount")
             if amount < 1:
                 raise invalid("This value must be greater than or equal to 1.", param="amount")
             if amount > remaining:
@@ -442,7 +296,7 @@ class EmulatorState:
                 "charge": charge["id"],
                 "created": int(self.now()),
                 "currency": charge["currency"],
-                "metadata": _metadata(params.get("metadata")),
+                "metadata": parse_metadata(params.get("metadata")),
                 "payment_intent": charge["payment_intent"],
                 "reason": reason,
                 "receipt_number": None,
@@ -460,43 +314,6 @@ class EmulatorState:
             return self.render(refund, params.get("expand"))
 
     # -- internals --------------------------------------------------------------------------------------------
-    def _intent(self, pi_id: str, *, param: str = "intent") -> dict[str, Any]:
-        pi = self.payment_intents.get(pi_id)
-        if pi is None:
-            raise no_such("payment_intent", pi_id, param=param)
-        return pi
-
-    def _payment_method(self, pm_id: Any) -> dict[str, Any]:
-        """Stripe's test shortcuts (``pm_card_visa``) create a new PaymentMethod each time they are used."""
-        if not isinstance(pm_id, str):
-            raise invalid("Invalid string: payment_method", param="payment_method")
-        if pm_id in self.payment_methods:
-            return self.payment_methods[pm_id]
-        card = TEST_CARDS.get(pm_id)
-        if card is None:
-            raise no_such("PaymentMethod", pm_id, param="payment_method")
-        pm = {
-            "id": new_id("pm"),
-            "object": "payment_method",
-            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-            "card": {
-                "brand": card.brand,
-                "country": "US",
-                "exp_month": 12,
-                "exp_year": time.gmtime().tm_year + 3,
-                "funding": card.funding,
-                "last4": card.last4,
-            },
-            "created": int(self.now()),
-            "customer": None,
-            "livemode": False,
-            "metadata": {},
-            "type": "card",
-            "_test_card": pm_id,  # which test card it came from; never rendered (see _public)
-        }
-        self.payment_methods[pm["id"]] = pm
-        return pm
-
     def _confirm(self, pi: dict[str, Any], params: dict[str, Any], req: RequestInfo | None) -> None:
         if params.get("payment_method"):
             pi["payment_method"] = self._payment_method(params["payment_method"])["id"]
@@ -591,7 +408,7 @@ class EmulatorState:
             "decline_code": decline_code,
             "doc_url": "https://stripe.com/docs/error-codes/" + code.replace("_", "-"),
             "message": message,
-            "payment_method": copy.deepcopy(_public(pm)),
+            "payment_method": copy.deepcopy(public(pm)),
             "type": "card_error",
         }
         pi.update(status="requires_payment_method", payment_method=None, last_payment_error=error)
@@ -605,7 +422,7 @@ class EmulatorState:
             decline_code=decline_code,
             charge=charge["id"],
             payment_intent=self.render(pi),
-            payment_method=_public(pm),
+            payment_method=public(pm),
         )
 
     def _authorize(self, pi: dict[str, Any], req: RequestInfo | None) -> None:
@@ -623,75 +440,3 @@ class EmulatorState:
         pi.update(status="succeeded", amount_received=pi["amount"])
         self._emit("charge.succeeded", charge, req)
         self._emit("payment_intent.succeeded", pi, req)
-
-
-def _public(pm: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in pm.items() if not k.startswith("_")}
-
-
-def _type_matches(event_type: str, pattern: str) -> bool:
-    return event_type == pattern or (pattern.endswith("*") and event_type.startswith(pattern[:-1]))
-
-
-def _reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
-    for key in params:
-        if key not in allowed:
-            raise invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
-
-
-def _int(value: Any, param: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise invalid(f"Invalid integer: {value}", code="parameter_invalid_integer", param=param) from None
-
-
-def _amount(params: dict[str, Any]) -> int:
-    if params.get("amount") in (None, ""):
-        raise missing_param("amount")
-    amount = _int(params["amount"], "amount")
-    if amount < 1:
-        raise invalid("This value must be greater than or equal to 1.", param="amount")
-    minimum = _MINIMUM_AMOUNT.get(str(params.get("currency", "")).lower())
-    if minimum and amount < minimum:
-        raise ApiError(
-            400,
-            f"Amount must be at least {minimum} {params['currency'].lower()} minor units",
-            code="amount_too_small",
-            param="amount",
-            store=False,
-        )
-    return amount
-
-
-def _currency(params: dict[str, Any]) -> str:
-    currency = params.get("currency")
-    if not currency:
-        raise missing_param("currency")
-    currency = str(currency).lower()
-    if len(currency) != 3 or not currency.isalpha():
-        raise invalid(f"Invalid currency: {currency}.", code="parameter_invalid", param="currency")
-    return currency
-
-
-def _metadata(value: Any) -> dict[str, str]:
-    if value in (None, ""):
-        return {}
-    if not isinstance(value, dict):
-        raise invalid("Invalid metadata: must be an object", param="metadata")
-    return {str(k): str(v) for k, v in value.items() if v != ""}
-
-
-def _merge_metadata(current: dict[str, str], value: Any) -> dict[str, str]:
-    """Stripe merges metadata on update; an empty value deletes a key, ``metadata=""`` clears it."""
-    if value == "":
-        return {}
-    if not isinstance(value, dict):
-        raise invalid("Invalid metadata: must be an object", param="metadata")
-    merged = dict(current)
-    for k, v in value.items():
-        if v == "":
-            merged.pop(k, None)
-        else:
-            merged[str(k)] = str(v)
-    return merged

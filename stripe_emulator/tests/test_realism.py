@@ -1,4 +1,4 @@
-"""The emulator's realistic profile (payments/emulator/realism.py): latency and Stripe's rate limits.
+"""The emulator's realistic profile (stripe_emulator/realism.py): latency and Stripe's rate limits.
 
 Every call goes through the real ``stripe`` client over HTTP to an emulator this test starts on a free port.
 """
@@ -10,15 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import stripe
 
-from payments.emulator.realism import RealismSpecError, parse_rate_limits
-
-ROOT = Path(__file__).resolve().parent.parent
+from stripe_emulator.realism import RealismSpecError, parse_rate_limits
+from stripe_emulator.tests.support import ROOT, free_port
 
 
 def _create(client, key: str | None = None, amount: int = 1000):
@@ -166,12 +164,10 @@ def test_rate_limited_create_changes_nothing_and_its_retry_creates_exactly_one(e
 
 
 def test_settings_reach_the_command_line_emulator_from_the_environment(tmp_path):
-    from bench.stack import free_port
-
     port = free_port()
     env = {**os.environ, "STRIPE_EMULATOR_RATE_LIMITS": "2/100", "STRIPE_EMULATOR_LATENCY_MS": "50"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "payments.emulator", "--port", str(port), "--webhook-url", ""],
+        [sys.executable, "-m", "stripe_emulator", "--port", str(port), "--webhook-url", ""],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -200,7 +196,7 @@ def test_settings_reach_the_command_line_emulator_from_the_environment(tmp_path)
 
 def test_bad_settings_are_refused_with_a_clear_message():
     done = subprocess.run(
-        [sys.executable, "-m", "payments.emulator", "--rate-limits", "fast"],
+        [sys.executable, "-m", "stripe_emulator", "--rate-limits", "fast"],
         cwd=ROOT,
         capture_output=True,
         text=True,

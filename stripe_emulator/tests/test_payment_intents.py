@@ -5,6 +5,9 @@ These tests need no database: the emulator is plain HTTP in a thread.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 import pytest
 import stripe
 
@@ -12,8 +15,8 @@ CREATE = {"amount": 2500, "currency": "usd", "metadata": {"order_id": "42", "che
 
 
 @pytest.fixture
-def client(stripe_emulator):
-    return stripe_emulator.client()
+def client(emulator):
+    return emulator.client()
 
 
 def test_create_returns_a_stripe_shaped_payment_intent(client):
@@ -28,15 +31,12 @@ def test_create_returns_a_stripe_shaped_payment_intent(client):
     assert client.v1.payment_intents.retrieve(pi.id).to_dict() == pi.to_dict()
 
 
-def test_requests_without_an_api_key_are_refused(stripe_emulator):
-    import urllib.error
-    import urllib.request
-
+def test_requests_without_an_api_key_are_refused(emulator):
     with pytest.raises(urllib.error.HTTPError) as excinfo:
-        urllib.request.urlopen(stripe_emulator.url + "/v1/payment_intents", timeout=5)
+        urllib.request.urlopen(emulator.url + "/v1/payment_intents", timeout=5)
     assert excinfo.value.code == 401
     with pytest.raises(stripe.AuthenticationError):
-        stripe.StripeClient("nope", base_addresses={"api": stripe_emulator.url}).v1.payment_intents.list()
+        stripe.StripeClient("nope", base_addresses={"api": emulator.url}).v1.payment_intents.list()
 
 
 def test_missing_amount_and_unknown_params_are_invalid_requests(client):
@@ -126,20 +126,20 @@ def test_declining_test_cards_raise_card_errors_and_reopen_the_intent(client, pa
 
 
 @pytest.mark.parametrize("payment_method", ["pm_card_threeDSecure2Required", "pm_card_authenticationRequired"])
-def test_3ds_cards_require_action_until_authenticated(client, stripe_emulator, payment_method):
+def test_3ds_cards_require_action_until_authenticated(client, emulator, payment_method):
     pi = client.v1.payment_intents.create(params=CREATE)
     pending = client.v1.payment_intents.confirm(pi.id, params={"payment_method": payment_method})
     assert pending.status == "requires_action"
     assert pending.next_action.type == "use_stripe_sdk"
-    stripe_emulator.authenticate(pi.id, "succeed")
+    emulator.authenticate(pi.id, "succeed")
     done = client.v1.payment_intents.retrieve(pi.id)
     assert done.status == "succeeded" and done.amount_received == 2500
 
 
-def test_failed_3ds_reopens_the_intent_with_an_authentication_error(client, stripe_emulator):
+def test_failed_3ds_reopens_the_intent_with_an_authentication_error(client, emulator):
     pi = client.v1.payment_intents.create(params=CREATE)
     client.v1.payment_intents.confirm(pi.id, params={"payment_method": "pm_card_threeDSecure2Required"})
-    stripe_emulator.authenticate(pi.id, "fail")
+    emulator.authenticate(pi.id, "fail")
     after = client.v1.payment_intents.retrieve(pi.id)
     assert after.status == "requires_payment_method"
     assert after.last_payment_error.code == "payment_intent_authentication_failure"

@@ -25,10 +25,11 @@ from .faults import BEFORE_OPERATION, FaultSpecError, FaultTable
 from .forms import parse_form
 from .idempotency import StoredResponse
 from .realism import Latency, RateLimiter
-from .state import API_VERSION, EmulatorState, RequestInfo, new_id
+from .state import EmulatorState
+from .store import API_VERSION, RequestInfo, new_id
 from .webhooks import WebhookDispatcher, parse_enabled_events
 
-log = logging.getLogger("payments.emulator")
+log = logging.getLogger("stripe_emulator")
 
 _ID = r"([A-Za-z0-9_]+)"
 

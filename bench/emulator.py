@@ -1,22 +1,27 @@
-"""Throughput of the emulator through the real stripe client: ``python -m payments.emulator.bench [threads] [n]``.
+"""Throughput of the Stripe emulator through the real stripe client: ``python -m bench emulator [threads] [n]``.
 
-Each operation is a create + confirm (pm_card_visa) pair with idempotency keys; webhooks are not sent.
-Needs the ``stripe`` package (a test/dev dependency); the emulator itself does not.
+Each operation is a create + confirm (pm_card_visa) pair with idempotency keys; webhooks are not sent. It
+lives here, not in stripe_emulator/, because it needs the ``stripe`` package and the emulator does not.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import threading
 import time
 
-from .server import EmulatorServer
+import stripe
+
+from stripe_emulator import EmulatorServer
 
 
-def main(threads: int = 8, per_thread: int = 100) -> None:
-    import stripe
-
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench emulator")
+    parser.add_argument("threads", type=int, nargs="?", default=8)
+    parser.add_argument("per_thread", type=int, nargs="?", default=100, help="create + confirm pairs per thread")
+    args = parser.parse_args(argv)
+    threads, per_thread = args.threads, args.per_thread
     server = EmulatorServer(port=0).start()
     latencies: list[float] = []
     lock = threading.Lock()
@@ -49,8 +54,4 @@ def main(threads: int = 8, per_thread: int = 100) -> None:
         f"requests/s); pair latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
         f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms"
     )
-
-
-if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    main(*args)
+    return 0
