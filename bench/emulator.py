@@ -1,7 +1,8 @@
-"""Throughput of the Stripe emulator through the real stripe client: ``python -m bench emulator [threads] [n]``.
+"""Throughput of the Stripe emulator over HTTP: ``python -m bench emulator [threads] [n]``.
 
-Each operation is a create + confirm (pm_card_visa) pair with idempotency keys; webhooks are not sent. It
-lives here, not in stripe_emulator/, because it needs the ``stripe`` package and the emulator does not.
+Each operation is a create + confirm (pm_card_visa) pair with idempotency keys, form-encoded as the
+``stripe`` client sends them; webhooks are not sent. Plain httpx, so that only payments/ (the gateway) and
+the tests import ``stripe``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import statistics
 import threading
 import time
 
-import stripe
+import httpx
 
 from stripe_emulator import EmulatorServer
 
@@ -27,15 +28,19 @@ def main(argv: list[str]) -> int:
     lock = threading.Lock()
 
     def worker(n: int) -> None:
-        client = stripe.StripeClient("sk_test_bench", base_addresses={"api": server.url})
+        client = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer sk_test_bench"})
         for i in range(per_thread):
             started = time.perf_counter()
-            pi = client.v1.payment_intents.create(
-                params={"amount": 1000, "currency": "usd"}, options={"idempotency_key": f"c-{n}-{i}"}
-            )
-            client.v1.payment_intents.confirm(
-                pi.id, params={"payment_method": "pm_card_visa"}, options={"idempotency_key": f"k-{n}-{i}"}
-            )
+            pi = client.post(
+                "/v1/payment_intents",
+                data={"amount": "1000", "currency": "usd"},
+                headers={"Idempotency-Key": f"c-{n}-{i}"},
+            ).raise_for_status().json()
+            client.post(
+                f"/v1/payment_intents/{pi['id']}/confirm",
+                data={"payment_method": "pm_card_visa"},
+                headers={"Idempotency-Key": f"k-{n}-{i}"},
+            ).raise_for_status()
             with lock:
                 latencies.append(time.perf_counter() - started)
 

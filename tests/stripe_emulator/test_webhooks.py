@@ -7,7 +7,7 @@ import time
 import pytest
 import stripe
 
-from stripe_emulator.tests.support import Receiver
+from tests.stripe_emulator.support import Receiver
 
 CREATE = {"amount": 3000, "currency": "usd", "metadata": {"order_id": "5"}}
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stripe_emulator import EmulatorServer
-from stripe_emulator.tests.support import WEBHOOK_SECRET, EmulatorHandle, Receiver
+from tests.stripe_emulator.support import WEBHOOK_SECRET, EmulatorHandle, Receiver
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 import stripe
 
 from stripe_emulator.realism import RealismSpecError, parse_rate_limits
-from stripe_emulator.tests.support import ROOT, free_port
+from tests.stripe_emulator.support import ROOT, free_port
 
 
 def _create(client, key: str | None = None, amount: int = 1000):

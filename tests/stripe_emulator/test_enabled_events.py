@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from stripe_emulator import EmulatorServer
-from stripe_emulator.tests.support import ROOT, free_port
 from stripe_emulator.webhooks import parse_enabled_events
+from tests.stripe_emulator.support import ROOT, free_port
 
 CREATE = {"amount": 3000, "currency": "usd", "metadata": {"order_id": "5"}}
 ALL_TYPES = ["payment_intent.created", "charge.succeeded", "payment_intent.succeeded"]
