@@ -1,4 +1,4 @@
-"""Inventory's domain errors: the catalog, stock and reservations (codes from
+"""Inventory's domain errors: the catalog, stock, reservations and the flash sale (codes from
 cartflow/problems.py, one class per code).
 
 The cart refuses with the catalog's and stock's errors too (``ProductNotFound``, ``InsufficientStock``):
@@ -42,3 +42,21 @@ class ReservationStateError(Exception):
     Not a problem code: a caller's bug or a race the saga handles (re-reserve or refund), never an answer
     to a client."""
 
+
+# --- flash sale ------------------------------------------------------------------------------------
+
+
+class SoldOut(DomainError):
+    code = "sold_out"
+
+
+class FlashSaleBusy(DomainError):
+    code = "flash_sale_busy"
+
+
+class FlashSaleNotActive(DomainError):
+    code = "flash_sale_not_active"
+
+
+class FlashTicketNotFound(DomainError):
+    code = "flash_ticket_not_found"
