@@ -185,7 +185,8 @@ def _server_work(env: dict[str, str], token: str, n: int = 1000) -> dict[str, An
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    from inventory.flashsale import FlashSaleBusy, SoldOut, flash_tokens_take
+    from inventory.errors import FlashSaleBusy, SoldOut
+    from inventory.flashsale import flash_tokens_take
 
     client = Client(HTTP_X_CART_TOKEN=token)
     with CaptureQueriesContext(connection) as queries:

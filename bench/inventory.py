@@ -76,7 +76,8 @@ def _refill(product_id: int) -> None:
 def _client(idx: int, product_id: int, seconds: float, barrier, out) -> None:  # noqa: ANN001
     from django.db import connection
 
-    from inventory.services import InventoryContention, ReserveLine, reservation_reserve
+    from inventory.errors import InventoryContention
+    from inventory.services import ReserveLine, reservation_reserve
 
     connection.close()  # never share the parent's socket
     connection.ensure_connection()

@@ -34,6 +34,7 @@ from cart.services import CartSnapshot
 from cart.throttles import CartWriteThrottle, SignInThrottle
 from cartflow.problems import DomainError
 from cartflow.schema import problem_responses
+from cartflow.serializers import LineOutputSerializer
 
 log = structlog.get_logger("cartflow.cart")
 _IF_MATCH_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
@@ -74,13 +75,8 @@ class CartMergeInputSerializer(serializers.Serializer):
         return value
 
 
-class CartItemOutputSerializer(serializers.Serializer):
-    productId = serializers.IntegerField(source="product_id")  # noqa: N815
-    sku = serializers.CharField()
-    name = serializers.CharField()
-    quantity = serializers.IntegerField()
-    unitPrice = serializers.IntegerField(source="unit_price", help_text="Minor units, from the catalog.")  # noqa: N815
-    lineTotal = serializers.IntegerField(source="line_total", help_text="Minor units.")  # noqa: N815
+class CartItemOutputSerializer(LineOutputSerializer):
+    pass  # the line, under the cart's component name (cartflow/serializers.py)
 
 
 class CartOutputSerializer(serializers.Serializer):

@@ -5,11 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import authenticate
 from rest_framework.authtoken.models import Token
 
-from cartflow.problems import DomainError
-
-
-class AuthenticationFailed(DomainError):
-    code = "authentication_failed"
+from cart.errors import AuthenticationFailed
 
 
 def auth_token_issue(*, username: str, password: str) -> tuple[int, str]:

@@ -1,8 +1,18 @@
-"""The cart's domain errors (codes from cartflow/problems.py)."""
+"""The cart's domain errors (codes from cartflow/problems.py, one class per code).
+
+An unknown product or too little stock is refused with the catalog's own errors,
+``inventory.errors.ProductNotFound`` and ``InsufficientStock``.
+"""
 
 from __future__ import annotations
 
 from cartflow.problems import DomainError
+
+
+class AuthenticationFailed(DomainError):
+    """Sign-in with an unknown username or a wrong password."""
+
+    code = "authentication_failed"
 
 
 class CartUnavailable(DomainError):
@@ -15,14 +25,6 @@ class CartVersionConflict(DomainError):
 
 class CurrencyMismatch(DomainError):
     code = "currency_mismatch"
-
-
-class InsufficientStock(DomainError):
-    code = "insufficient_stock"
-
-
-class ProductNotFound(DomainError):
-    code = "product_not_found"
 
 
 class CartValidationError(DomainError):

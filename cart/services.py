@@ -11,14 +11,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from cart import store
-from cart.errors import (
-    CartMissing,
-    CartValidationError,
-    CartVersionConflict,
-    CurrencyMismatch,
-    InsufficientStock,
-    ProductNotFound,
-)
+from cart.errors import CartMissing, CartValidationError, CartVersionConflict, CurrencyMismatch
+from inventory.errors import InsufficientStock, ProductNotFound
 from inventory.selectors import ProductInfo, product_infos_get, stock_available
 
 

@@ -4,6 +4,9 @@ import os
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun, worker_process_init
+from django.db import close_old_connections
+
+from cartflow.tracing import install_tracing
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cartflow.settings")
 
@@ -14,8 +17,6 @@ app.autodiscover_tasks()
 
 @worker_process_init.connect
 def _tracing(**_kwargs) -> None:  # noqa: ANN003
-    from cartflow.tracing import install_tracing
-
     install_tracing("cartflow-worker")
 
 
@@ -31,6 +32,4 @@ def _recycle_db_connections(task=None, **_kwargs) -> None:  # noqa: ANN001, ANN0
     transaction and are left alone, as the fixup leaves them."""
     if task is not None and getattr(task.request, "is_eager", False):
         return
-    from django.db import close_old_connections
-
     close_old_connections()

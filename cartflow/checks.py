@@ -17,6 +17,11 @@ migration that creates or renames a schedule must be able to run.
 from __future__ import annotations
 
 from django.core.checks import Error, Warning, register
+from django.db import DatabaseError, connections
+from django.db.migrations.executor import MigrationExecutor
+from django_celery_beat.models import PeriodicTask
+
+from cartflow.celery import app
 
 TAG = "celery_beat"
 
@@ -36,8 +41,6 @@ def registered_task_names() -> set[str]:
 
     Not ``app.loader.import_default_modules()``: its ``import_modules`` signal makes Celery's Django fixup
     run the system checks, this one included (a worker and beat run them at startup too)."""
-    from cartflow.celery import app
-
     app.autodiscover_tasks(force=True)  # every installed app's tasks module, as the worker imports them
     for module in app.loader.default_modules:  # CELERY_IMPORTS / CELERY_INCLUDE, if any
         app.loader.import_task_module(module)
@@ -45,9 +48,6 @@ def registered_task_names() -> set[str]:
 
 
 def _database_ready() -> bool:
-    from django.db import DatabaseError, connections
-    from django.db.migrations.executor import MigrationExecutor
-
     connection = connections["default"]
     try:
         executor = MigrationExecutor(connection)
@@ -60,9 +60,6 @@ def _database_ready() -> bool:
 def check_beat_schedules(app_configs=None, **kwargs) -> list:  # noqa: ANN001 - Django's check signature
     if not _database_ready():
         return []
-    from django.db import DatabaseError
-    from django_celery_beat.models import PeriodicTask
-
     try:
         rows = list(PeriodicTask.objects.values_list("name", "task", "enabled"))
     except DatabaseError:

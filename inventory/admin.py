@@ -12,8 +12,12 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from cartflow.admin import ReadOnlyAdminMixin
 from cartflow.problems import DomainError
+from inventory.flashsale import flash_sale_start, flash_sale_stop
 from inventory.models import Product, Reservation, Stock, StockAdjustment
+from inventory.selectors import product_cache_invalidate
+from inventory.services import stock_adjust
 
 
 class StockInline(admin.StackedInline):
@@ -33,23 +37,17 @@ class ProductAdmin(admin.ModelAdmin):
 
     @admin.action(description="Start flash sale (open a token pool of the available stock)")
     def start_flash_sale(self, request, queryset) -> None:  # noqa: ANN001
-        from inventory.flashsale import flash_sale_start
-
         for product in queryset:
             state = flash_sale_start(product_id=product.pk)
             self.message_user(request, f"{product.sku}: flash sale on, {state.free} tokens free.", messages.SUCCESS)
 
     @admin.action(description="Stop flash sale (close the token pool)")
     def stop_flash_sale(self, request, queryset) -> None:  # noqa: ANN001
-        from inventory.flashsale import flash_sale_stop
-
         for product in queryset:
             flash_sale_stop(product_id=product.pk)
             self.message_user(request, f"{product.sku}: flash sale off.", messages.SUCCESS)
 
     def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001
-        from inventory.selectors import product_cache_invalidate
-
         super().save_model(request, obj, form, change)
         if not change:
             Stock.objects.get_or_create(product=obj)
@@ -99,8 +97,6 @@ class StockAdmin(admin.ModelAdmin):
 
     def adjust_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """A form whose submit calls ``stock_adjust`` (version-checked, audited, never below reserved)."""
-        from inventory.services import stock_adjust
-
         if not request.user.has_perm("inventory.add_stockadjustment"):
             raise PermissionDenied
         stock = get_object_or_404(Stock.objects.select_related("product"), pk=object_id)
@@ -129,19 +125,6 @@ class StockAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/inventory/stock/adjust.html", context)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History for staff: nothing here is edited by hand."""
-
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
-        return False
-
-
 class ExpiryFilter(admin.SimpleListFilter):
     title = "expiry"
     parameter_name = "expiry"
@@ -159,7 +142,7 @@ class ExpiryFilter(admin.SimpleListFilter):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(ReadOnlyAdmin):
+class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("holder", "product", "quantity", "status", "expires_at", "created_at", "updated_at", "version")
     list_filter = ("status", ExpiryFilter, ("expires_at", admin.DateFieldListFilter))
     search_fields = ("holder", "product__sku")
@@ -168,7 +151,7 @@ class ReservationAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StockAdjustment)
-class StockAdjustmentAdmin(ReadOnlyAdmin):
+class StockAdjustmentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("at", "product", "delta", "on_hand_after", "reason", "who")
     list_filter = (("at", admin.DateFieldListFilter),)
     search_fields = ("product__sku", "reason")

@@ -9,8 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cartflow.problems import DomainError
 from cartflow.schema import problem_responses
+from inventory.errors import ProductNotFound
 from inventory.selectors import product_get, product_list
 
 
@@ -71,5 +71,5 @@ class ProductDetailApi(APIView):
     def get(self, request: Request, product_id: int) -> Response:
         product = product_get(product_id=product_id)
         if product is None:
-            raise DomainError(f"No active product has id {product_id}.", code="product_not_found", productId=product_id)
+            raise ProductNotFound(f"No active product has id {product_id}.", productId=product_id)
         return Response(ProductOutputSerializer(product).data)

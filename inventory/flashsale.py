@@ -5,15 +5,7 @@ version-checked UPDATE is what makes overselling impossible. The pool exists so 
 of buyers arrive for 50 units, the 50 who can buy reach PostgreSQL and everyone else is answered from
 Redis without a query.
 
-Layout (every key shares the ``{fs}`` hash tag, so one Lua script may touch all of them on a Cluster):
-
-- ``fs:{fs}:free``            hash product_id → tokens free to take now
-- ``fs:{fs}:inflight``        hash product_id → tokens held by checkouts in progress
-- ``fs:{fs}:held``            hash holder → JSON ``{"at": epoch, "lines": {product_id: quantity}}``
-- ``fs:{fs}:stats``           hash of counters (admitted, sold_out, busy, returned, consumed)
-- ``fs:{fs}:queue:<pid>``     sorted set of fair-queue tickets by arrival (inventory/flashsale_queue.py)
-- ``fs:{fs}:ticket:<ticket>`` hash of one ticket (product, joined, seen, admitted)
-- ``fs:{fs}:cart:<cart key>`` the holder (checkout id) that holds tokens for this cart now
+The Redis keys are laid out in inventory/flashsale_keys.py.
 
 A product is in the pool while its ``free`` field exists. Taking is all-or-nothing across lines; a
 shortfall is ``sold_out`` when even the in-flight tokens could not cover it (stock is gone), and
@@ -29,39 +21,34 @@ crash or a Redis restart left behind, from the database.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from django_redis import get_redis_connection
-
-from cartflow.problems import DomainError
 from inventory import flashsale_metrics as metrics
+from inventory.errors import FlashSaleBusy, ProductNotFound, SoldOut
+from inventory.flashsale_keys import (
+    FREE,
+    HELD,
+    INFLIGHT,
+    QUEUE,
+    REOPEN_LOCK,
+    STATS,
+    TICKET,
+    lua_script,
+    redis_client,
+    text,
+)
+from inventory.models import Product, Reservation, Stock
+from inventory.selectors import product_cache_invalidate, product_infos_get, stock_available
 
 log = logging.getLogger(__name__)
 
-FREE = "fs:{fs}:free"
-INFLIGHT = "fs:{fs}:inflight"
-HELD = "fs:{fs}:held"
-STATS = "fs:{fs}:stats"
-QUEUE = "fs:{fs}:queue:"  # + product id: the fair queue (sorted set of tickets by arrival)
-TICKET = "fs:{fs}:ticket:"  # + ticket
-REOPEN_LOCK = "fs:{fs}:reopen:"  # + product id: one process re-opens a pool lost with Redis
 BUSY_RETRY_AFTER = 2
 # A holder that took tokens but has no reservation after this long crashed between take and reserve.
 STALE_HOLDER_SECONDS = 60
-
-
-class SoldOut(DomainError):
-    code = "sold_out"
-
-
-class FlashSaleBusy(DomainError):
-    code = "flash_sale_busy"
 
 
 @dataclass(frozen=True)
@@ -183,30 +170,6 @@ return target
 """
 
 
-def _redis():
-    return get_redis_connection("default")
-
-
-_scripts: dict[str, Any] = {}
-
-
-def _script(name: str, source: str) -> Callable[..., Any]:
-    """The named Lua script, run on the current connection (redis-py re-loads it after NOSCRIPT).
-
-    Always pass the client: a Script runs on the client it was registered with, and the former cache keyed
-    by ``id(client)`` handed a new client, given the id of a freed one, Scripts bound to that dead client
-    (in the suite: the private Redis of a restart test, killed since)."""
-    client = _redis()
-    script = _scripts.get(name)
-    if script is None:
-        script = _scripts[name] = client.register_script(source)
-    return functools.partial(script, client=client)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # --- the pool --------------------------------------------------------------------------------------
 
 
@@ -215,7 +178,7 @@ def flash_pool_open(*, product_id: int, tokens: int, only_if_missing: bool = Fal
 
     Returns True when this call set the free count.
     """
-    client = _redis()
+    client = redis_client()
     if only_if_missing:
         opened = bool(client.hsetnx(FREE, product_id, max(0, tokens)))
     else:
@@ -227,14 +190,14 @@ def flash_pool_open(*, product_id: int, tokens: int, only_if_missing: bool = Fal
 
 def flash_pool_close(*, product_id: int) -> None:
     """Take a product out of the pool: checkouts for it go straight to the database again."""
-    client = _redis()
+    client = redis_client()
     tickets = client.zrange(f"{QUEUE}{product_id}", 0, -1)
     pipe = client.pipeline(transaction=True)
     pipe.hdel(FREE, product_id)
     pipe.hdel(INFLIGHT, product_id)
     pipe.delete(f"{QUEUE}{product_id}")
     for ticket in tickets:
-        pipe.delete(f"{TICKET}{_text(ticket)}")
+        pipe.delete(f"{TICKET}{text(ticket)}")
     pipe.execute()
 
 
@@ -247,11 +210,11 @@ def flash_pool_repair(*, product_id: int, db_available: int, counted_holders: It
     in the pool.
     """
     args: list[str | int] = [product_id, db_available, *counted_holders]
-    return int(_script("repair", _REPAIR)(keys=[FREE, INFLIGHT, HELD], args=args))
+    return int(lua_script("repair", _REPAIR)(keys=[FREE, INFLIGHT, HELD], args=args))
 
 
 def flash_pool_state(*, product_id: int) -> PoolState | None:
-    client = _redis()
+    client = redis_client()
     pipe = client.pipeline(transaction=False)
     pipe.hget(FREE, product_id)
     pipe.hget(INFLIGHT, product_id)
@@ -263,7 +226,7 @@ def flash_pool_state(*, product_id: int) -> PoolState | None:
 
 
 def flash_pool_products() -> list[int]:
-    return sorted(int(pid) for pid in _redis().hkeys(FREE))
+    return sorted(int(pid) for pid in redis_client().hkeys(FREE))
 
 
 # --- tokens ----------------------------------------------------------------------------------------
@@ -293,7 +256,7 @@ def flash_tokens_take(
     started = time.perf_counter()
     try:
         taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
-        if missing and _reopen_lost_pools(missing):
+        if missing and flash_pools_reopen_lost(product_ids=missing):
             if taken:  # give back and take again: all lines in one script, all or nothing
                 flash_tokens_return(holder=holder)
             taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
@@ -312,7 +275,7 @@ def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tup
     argv: list[str | int | float] = [holder, round(time.time(), 3), ticket, cart]
     for pid, q in sorted(summed.items()):
         argv += [pid, q]
-    reply = [_text(v) for v in _script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)]
+    reply = [text(v) for v in lua_script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)]
     outcome = reply[0]
     if outcome == "held":
         return True, []
@@ -330,18 +293,16 @@ def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tup
     return len(missing) < len(summed), missing
 
 
-def _reopen_lost_pools(product_ids: list[int]) -> bool:
+def flash_pools_reopen_lost(*, product_ids: list[int]) -> bool:
     """Re-open the pools of flash-sale products whose pool is missing (Redis restarted). True if any is.
 
     One process re-opens each (a short Redis lock); the others wait up to half a second for it, then
     answer busy.
     """
-    from inventory.selectors import product_infos_get
-
     flash = [pid for pid, info in product_infos_get(product_ids=product_ids).items() if info.flash_sale]
     if not flash:
         return False
-    client = _redis()
+    client = redis_client()
     for pid in sorted(flash):
         if client.hexists(FREE, pid):
             continue
@@ -366,7 +327,7 @@ def _wait_for_pool(client, product_id: int, *, seconds: float) -> bool:  # noqa:
 
 def flash_tokens_return(*, holder: str) -> int:
     """Give a checkout's tokens back (cancel, expiry, failure). Safe to call twice; returns units."""
-    units = int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "return"]))
+    units = int(lua_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "return"]))
     if units:
         metrics.settled("returned")
     return units
@@ -374,7 +335,7 @@ def flash_tokens_return(*, holder: str) -> int:
 
 def flash_tokens_consume(*, holder: str) -> int:
     """The checkout was confirmed: its tokens are sold, not returned. Safe to call twice; returns units."""
-    units = int(_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "consume"]))
+    units = int(lua_script("settle", _SETTLE)(keys=[FREE, INFLIGHT, HELD, STATS], args=[holder, "consume"]))
     if units:
         metrics.settled("consumed")
     return units
@@ -390,14 +351,14 @@ class FlashHold:
 def flash_holders() -> list[FlashHold]:
     """Every in-flight holder, when it took its tokens and what it holds (for the sweeper and metrics)."""
     out = []
-    for h, v in _redis().hgetall(HELD).items():
+    for h, v in redis_client().hgetall(HELD).items():
         data = json.loads(v)
-        out.append(FlashHold(_text(h), float(data["at"]), {int(k): int(q) for k, q in data["lines"].items()}))
+        out.append(FlashHold(text(h), float(data["at"]), {int(k): int(q) for k, q in data["lines"].items()}))
     return out
 
 
 def flash_stats() -> dict[str, int]:
-    return {_text(k): int(v) for k, v in _redis().hgetall(STATS).items()}
+    return {text(k): int(v) for k, v in redis_client().hgetall(STATS).items()}
 
 
 # --- start, stop, sweep ----------------------------------------------------------------------------
@@ -408,11 +369,8 @@ def flash_sale_start(*, product_id: int) -> PoolState:
 
     Safe to run twice (the pool is re-synced from the database, in-flight holders kept).
     """
-    from inventory.models import Product
-    from inventory.selectors import product_cache_invalidate
-
     if not Product.objects.filter(id=product_id).update(flash_sale=True):
-        raise DomainError(f"No product has id {product_id}.", code="product_not_found", productId=product_id)
+        raise ProductNotFound(f"No product has id {product_id}.", productId=product_id)
     product_cache_invalidate(product_id=product_id)
     _open_from_db(product_id)
     flash_pool_sync(product_id=product_id)
@@ -426,11 +384,8 @@ def flash_sale_stop(*, product_id: int) -> None:
 
     Checkouts holding tokens finish normally; settling them later is a no-op for this product.
     """
-    from inventory.models import Product
-    from inventory.selectors import product_cache_invalidate
-
     if not Product.objects.filter(id=product_id).update(flash_sale=False):
-        raise DomainError(f"No product has id {product_id}.", code="product_not_found", productId=product_id)
+        raise ProductNotFound(f"No product has id {product_id}.", productId=product_id)
     product_cache_invalidate(product_id=product_id)
     flash_pool_close(product_id=product_id)
 
@@ -438,8 +393,6 @@ def flash_sale_stop(*, product_id: int) -> None:
 def _open_from_db(product_id: int) -> bool:
     """Open a missing pool with the database's available stock (no holder can hold tokens of a product
     without a pool). Never at zero first: a buyer in between would be told ``sold_out``."""
-    from inventory.selectors import stock_available
-
     return flash_pool_open(product_id=product_id, tokens=stock_available(product_id=product_id), only_if_missing=True)
 
 
@@ -469,8 +422,6 @@ def flash_pool_sweep(
        → return; no reservation for ``stale_seconds`` (crashed between take and reserve) → return.
     3. Set each pool's free tokens to on_hand − reserved − tokens of holders not yet reserved.
     """
-    from inventory.models import Product, Reservation, Stock
-
     report = SweepReport()
     flash_ids = set(Product.objects.filter(flash_sale=True).values_list("id", flat=True))
     pooled = set(flash_pool_products())

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from inventory.flashsale_keys import FREE, HELD, INFLIGHT, QUEUE, STATS, redis_client, text
+
 log = logging.getLogger(__name__)
 
 REJECTIONS = Counter(
@@ -67,21 +69,19 @@ class PoolCollector:
         ]
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        from inventory import flashsale
-
         try:
-            client = flashsale._redis()
+            client = redis_client()
             pipe = client.pipeline(transaction=False)
-            pipe.hgetall(flashsale.FREE)
-            pipe.hgetall(flashsale.INFLIGHT)
-            pipe.hlen(flashsale.HELD)
-            pipe.hgetall(flashsale.STATS)
+            pipe.hgetall(FREE)
+            pipe.hgetall(INFLIGHT)
+            pipe.hlen(HELD)
+            pipe.hgetall(STATS)
             free, inflight, holders, stats = pipe.execute()
             queued = {}
             if free:
                 pipe = client.pipeline(transaction=False)
                 for pid in free:
-                    pipe.zcard(f"{flashsale.QUEUE}{flashsale._text(pid)}")
+                    pipe.zcard(f"{QUEUE}{text(pid)}")
                 queued = dict(zip(free, pipe.execute(), strict=True))
         except Exception:  # noqa: BLE001 - /metrics must answer while Redis is down
             log.warning("flash-sale metrics: Redis unreachable")
@@ -92,7 +92,7 @@ class PoolCollector:
         )
         waiting = GaugeMetricFamily("cartflow_flash_queue_tickets", "Tickets in the fair queue.", labels=["product_id"])
         for pid, value in free.items():
-            label = flashsale._text(pid)
+            label = text(pid)
             tokens.add_metric([label], int(value))
             held.add_metric([label], int(inflight.get(pid, 0)))
             waiting.add_metric([label], int(queued.get(pid, 0)))
@@ -104,7 +104,7 @@ class PoolCollector:
             "cartflow_flash_pool_outcomes", "Pool decisions across every process (from Redis).", labels=["outcome"]
         )
         for name, value in stats.items():
-            outcomes.add_metric([flashsale._text(name)], int(value))
+            outcomes.add_metric([text(name)], int(value))
         yield outcomes
 
 

@@ -29,20 +29,14 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.cache import cache
 
-from cartflow.problems import DomainError
-from inventory.flashsale import FREE, INFLIGHT, QUEUE, STATS, SoldOut, _redis, _script, _text
+from inventory.errors import FlashSaleNotActive, FlashTicketNotFound, ProductNotFound, SoldOut
+from inventory.flashsale import flash_pool_products, flash_pools_reopen_lost
+from inventory.flashsale_keys import FREE, INFLIGHT, QUEUE, QUEUE_SEQ, STATS, lua_script, redis_client, text
+from inventory.models import Product
+from inventory.selectors import product_info_get
 
 # A ticket's hash outlives any sane wait; the queue entry is dropped by the refresh long before.
 TICKET_TTL_SECONDS = 6 * 3600
-SEQ = "fs:{fs}:queue_seq"
-
-
-class FlashSaleNotActive(DomainError):
-    code = "flash_sale_not_active"
-
-
-class FlashTicketNotFound(DomainError):
-    code = "flash_ticket_not_found"
 
 
 # The head walk shared by join and status (keys passed in: free, queue, stats). ARGV: pid, now, admit window,
@@ -145,26 +139,21 @@ def _ticket(*, ticket: str, product_id: int, reply: list[str]) -> QueueTicket:
 def flash_sale_product_id(*, sku: str) -> int:
     """The id of the active product with this SKU, which must be in flash-sale mode.
 
-    Raises ``product_not_found`` or :class:`FlashSaleNotActive`. A flash-sale product whose pool Redis
+    Raises :class:`ProductNotFound` or :class:`FlashSaleNotActive`. A flash-sale product whose pool Redis
     lost (restart) has it re-opened from the database here, as the take script's caller does."""
-    from inventory.flashsale import _reopen_lost_pools
-    from inventory.selectors import product_info_get
-
     product_id = _sku_to_id(sku)
     info = product_info_get(product_id=product_id) if product_id else None  # cached: polls cost no query
     if info is None:
-        raise DomainError(f"No active product has SKU {sku!r}.", code="product_not_found")
+        raise ProductNotFound(f"No active product has SKU {sku!r}.")
     if not info.flash_sale:
         raise FlashSaleNotActive(f"Product {sku!r} is not in a flash sale.", productId=product_id)
-    if not _redis().hexists(FREE, product_id):
-        _reopen_lost_pools([product_id])
+    if not redis_client().hexists(FREE, product_id):
+        flash_pools_reopen_lost(product_ids=[product_id])
     return product_id
 
 
 def _sku_to_id(sku: str) -> int | None:
     """SKU → product id through the cache (a SKU never moves to another product)."""
-    from inventory.models import Product
-
     key = f"flashqueue:sku:{sku}"
     try:
         cached = cache.get(key)
@@ -187,9 +176,9 @@ def flash_queue_join(*, product_id: int) -> QueueTicket:
     ticket = secrets.token_urlsafe(18)
     admit, poll = _windows()
     reply = [
-        _text(v)
-        for v in _script("queue_join", _JOIN)(
-            keys=[FREE, INFLIGHT, f"{QUEUE}{product_id}", STATS, SEQ],
+        text(v)
+        for v in lua_script("queue_join", _JOIN)(
+            keys=[FREE, INFLIGHT, f"{QUEUE}{product_id}", STATS, QUEUE_SEQ],
             args=[product_id, ticket, admit, poll, TICKET_TTL_SECONDS],
         )
     ]
@@ -220,8 +209,8 @@ def flash_queue_status(*, product_id: int, ticket: str) -> QueueTicket:
 def _status(*, product_id: int, ticket: str) -> list[str]:
     admit, poll = _windows()
     return [
-        _text(v)
-        for v in _script("queue_status", _STATUS)(
+        text(v)
+        for v in lua_script("queue_status", _STATUS)(
             keys=[FREE, f"{QUEUE}{product_id}", STATS], args=[product_id, ticket, admit, poll]
         )
     ]
@@ -234,8 +223,6 @@ def flash_queue_refresh(*, product_id: int) -> None:
 
 def flash_queue_refresh_all() -> int:
     """Refresh every pool's queue (beat, beside the sweeper). Returns the number of queues refreshed."""
-    from inventory.flashsale import flash_pool_products
-
     products = flash_pool_products()
     for product_id in products:
         flash_queue_refresh(product_id=product_id)
@@ -243,12 +230,10 @@ def flash_queue_refresh_all() -> int:
 
 
 def flash_queue_length(*, product_id: int) -> int:
-    return int(_redis().zcard(f"{QUEUE}{product_id}"))
+    return int(redis_client().zcard(f"{QUEUE}{product_id}"))
 
 
 __all__ = [
-    "FlashSaleNotActive",
-    "FlashTicketNotFound",
     "QueueTicket",
     "flash_queue_join",
     "flash_queue_length",

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from django.db.models import F, Q
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from cartflow.invariants import invariant
-from inventory.models import Stock
+from inventory.models import Product, Reservation, Stock
 
 
 @invariant("stock_bounds")
@@ -21,8 +26,6 @@ def stock_bounds() -> list[str]:
 @invariant("product_has_stock")
 def product_has_stock() -> list[str]:
     """Every product has its one stock row."""
-    from inventory.models import Product
-
     return [
         f"product {pid} ({sku}) has no stock row"
         for pid, sku in Product.objects.filter(stock__isnull=True).values_list("id", "sku")
@@ -32,9 +35,6 @@ def product_has_stock() -> list[str]:
 @invariant("reserved_matches_held")
 def reserved_matches_held() -> list[str]:
     """``reserved`` equals the sum of the product's HELD reservations (one statement: one snapshot)."""
-    from django.db.models import Sum
-    from django.db.models.functions import Coalesce
-
     rows = (
         Stock.objects.annotate(
             held=Coalesce(Sum("product__reservations__quantity", filter=Q(product__reservations__status="HELD")), 0)
@@ -48,13 +48,6 @@ def reserved_matches_held() -> list[str]:
 @invariant("no_stale_holds")
 def no_stale_holds() -> list[str]:
     """No HELD reservation outlives its expiry by more than two release intervals (the sweep is running)."""
-    from datetime import timedelta
-
-    from django.conf import settings
-    from django.utils import timezone
-
-    from inventory.models import Reservation
-
     cutoff = timezone.now() - timedelta(seconds=2 * settings.CARTFLOW_RELEASE_INTERVAL_SECONDS)
     stale = Reservation.objects.filter(status="HELD", expires_at__lt=cutoff).values_list(
         "holder", "product_id", "expires_at"

@@ -24,7 +24,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django_redis import get_redis_connection
 
-from inventory.models import Product
+from inventory.models import Product, Reservation, Stock
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,6 @@ def product_cache_invalidate(*, product_id: int) -> None:
 def stock_available(*, product_id: int) -> int:
     # Every cart add calls this: one plain statement instead of an ORM query (whose compilation was
     # about a tenth of a cart write's CPU in the profile). Stock.product is one-to-one, so no ORDER BY.
-    from inventory.models import Stock
-
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT on_hand - reserved FROM {Stock._meta.db_table} WHERE product_id = %s",  # noqa: S608
@@ -184,8 +182,6 @@ def stock_available(*, product_id: int) -> int:
 
 
 def stock_available_many(*, product_ids: list[int]) -> dict[int, int]:
-    from inventory.models import Stock
-
     rows = Stock.objects.filter(product_id__in=product_ids).values_list("product_id", "on_hand", "reserved")
     return {pid: max(0, on_hand - reserved) for pid, on_hand, reserved in rows}
 
@@ -215,8 +211,6 @@ class ReservationInfo:
 
 def reservations_for_holder(*, holder: str, product_ids: Iterable[int] | None = None) -> list[ReservationInfo]:
     """Every reservation row of one holder (a checkout id), in product-id order."""
-    from inventory.models import Reservation
-
     qs = Reservation.objects.filter(holder=holder).order_by("product_id")
     if product_ids is not None:
         qs = qs.filter(product_id__in=list(product_ids))

@@ -27,18 +27,20 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from cartflow.problems import DomainError
 from inventory import hooks
+from inventory.errors import (
+    InsufficientStock,
+    InventoryContention,
+    ProductNotFound,
+    ReservationStateError,
+    StockBelowReserved,
+)
 from inventory.models import Reservation, Stock, StockAdjustment
 from inventory.selectors import ReservationInfo, reservations_for_holder
 
 __all__ = [
-    "InsufficientStock",
-    "InventoryContention",
     "ReservationInfo",
-    "ReservationStateError",
     "ReserveLine",
-    "StockBelowReserved",
     "reservation_commit",
     "reservation_extend",
     "reservation_release",
@@ -60,28 +62,6 @@ EXPIRED = Reservation.Status.EXPIRED
 class ReserveLine:
     product_id: int
     quantity: int
-
-
-class InsufficientStock(DomainError):
-    """Fewer units available than asked; carries ``productId`` and ``available``."""
-
-    code = "insufficient_stock"
-
-
-class InventoryContention(DomainError):
-    """Lost the race too often within the retry budget; the API answers 503 with ``Retry-After``."""
-
-    code = "inventory_contention"
-
-
-class StockBelowReserved(DomainError):
-    """A stock adjustment would leave fewer units on hand than checkouts hold."""
-
-    code = "stock_below_reserved"
-
-
-class ReservationStateError(Exception):
-    """Acting on a reservation in the wrong state (e.g. committing one that was released or expired)."""
 
 
 class _LostRace(Exception):
@@ -423,7 +403,7 @@ def stock_adjust(*, product_id: int, delta: int, reason: str, user=None) -> int:
     for _attempt in _attempts():
         row = Stock.objects.filter(product_id=product_id).values_list("id", "on_hand", "reserved", "version").first()
         if row is None:
-            raise DomainError(f"Product {product_id} has no stock row.", code="product_not_found", productId=product_id)
+            raise ProductNotFound(f"Product {product_id} has no stock row.", productId=product_id)
         stock_id, on_hand, reserved, version = row
         new_on_hand = on_hand + delta
         if new_on_hand < reserved:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from inventory import flashsale
+from inventory.flashsale_queue import flash_queue_refresh_all
 from inventory.services import reservations_release_expired
 
 
@@ -20,9 +22,6 @@ def release_expired_reservations() -> int:
 def flash_pool_sweep() -> int:
     """Beat runs this every 30 s (schedule created by migration 0004): repair flash-sale pools from the
     database (re-open pools lost with Redis, settle crashed holders). Returns the products repaired."""
-    from inventory.flashsale import flash_pool_sweep as sweep
-    from inventory.flashsale_queue import flash_queue_refresh_all
-
-    repaired = len(sweep().repaired)
+    repaired = len(flashsale.flash_pool_sweep().repaired)
     flash_queue_refresh_all()  # lapsed queue tickets must not hold up buyers when nobody polls
     return repaired

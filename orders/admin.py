@@ -14,8 +14,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from cartflow.admin import ReadOnlyAdminMixin
 from orders import saga as saga_services
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from payments.selectors import payment_get
 
 # --- links to the other apps' admin pages (by URL: orders never reads their models) --------------------
 
@@ -50,24 +52,10 @@ def _saga_log_table(saga: CheckoutSaga | None) -> SafeString | str:
     )
 
 
-class _ReadOnly:
-    """Rows are created, changed and removed by the saga, never by hand (saving a stale full row from a
-    form would also overwrite the saga's version-checked state)."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 # --- orders ------------------------------------------------------------------------------------------
 
 
-class OrderLineInline(_ReadOnly, admin.TabularInline):
+class OrderLineInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = OrderLine
     extra = 0
     fields = ("product", "sku", "name", "unit_price", "quantity", "line_total")
@@ -75,7 +63,7 @@ class OrderLineInline(_ReadOnly, admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(_ReadOnly, admin.ModelAdmin):
+class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "public_id",
         "status",
@@ -114,8 +102,6 @@ class OrderAdmin(_ReadOnly, admin.ModelAdmin):
 
     @admin.display(description="payment")
     def payment(self, obj: Order) -> SafeString | str:
-        from payments.selectors import payment_get
-
         payment = payment_get(order_id=obj.public_id)
         if payment is None:
             return "-"
@@ -170,7 +156,7 @@ class StuckFilter(admin.SimpleListFilter):
         return queryset
 
 
-class SagaStepInline(_ReadOnly, admin.TabularInline):
+class SagaStepInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = SagaStep
     extra = 0
     fields = ("at", "step", "outcome", "details")
@@ -179,7 +165,7 @@ class SagaStepInline(_ReadOnly, admin.TabularInline):
 
 
 @admin.register(CheckoutSaga)
-class CheckoutSagaAdmin(_ReadOnly, admin.ModelAdmin):
+class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "public_id",
         "state",
@@ -235,7 +221,7 @@ class CheckoutSagaAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(Outbox)
-class OutboxAdmin(_ReadOnly, admin.ModelAdmin):
+class OutboxAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "event_type", "created_at", "processed_at", "attempts")
     list_filter = ("event_type", ("processed_at", admin.EmptyFieldListFilter))
     readonly_fields = ("event_type", "payload", "created_at", "processed_at", "attempts", "last_error")

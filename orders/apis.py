@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from cart.identity import cart_ref_from_request
 from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
+from cartflow.serializers import LineOutputSerializer
 from cartflow.throttling import ScopedRedisThrottle
 from orders import saga as saga_services
 from orders.errors import CartEmpty
@@ -54,13 +55,8 @@ class CheckoutApiBase(APIView):
 # --- serializers ---
 
 
-class CheckoutLineOutputSerializer(serializers.Serializer):
-    productId = serializers.IntegerField(source="product_id")  # noqa: N815
-    sku = serializers.CharField()
-    name = serializers.CharField()
-    quantity = serializers.IntegerField()
-    unitPrice = serializers.IntegerField(source="unit_price", help_text="Minor units.")  # noqa: N815
-    lineTotal = serializers.IntegerField(source="line_total", help_text="Minor units.")  # noqa: N815
+class CheckoutLineOutputSerializer(LineOutputSerializer):
+    pass  # the line, under the checkout's component name (cartflow/serializers.py)
 
 
 class CheckoutStepOutputSerializer(serializers.Serializer):
@@ -140,13 +136,8 @@ class CheckoutPaymentIntentOutputSerializer(serializers.Serializer):
     currency = serializers.CharField()
 
 
-class OrderLineOutputSerializer(serializers.Serializer):
-    productId = serializers.IntegerField(source="product_id")  # noqa: N815
-    sku = serializers.CharField()
-    name = serializers.CharField()
-    quantity = serializers.IntegerField()
-    unitPrice = serializers.IntegerField(source="unit_price")  # noqa: N815
-    lineTotal = serializers.IntegerField(source="line_total")  # noqa: N815
+class OrderLineOutputSerializer(LineOutputSerializer):
+    pass  # the line, under the order's component name (cartflow/serializers.py)
 
 
 class OrderOutputSerializer(serializers.Serializer):

@@ -1,4 +1,8 @@
-"""Domain errors of checkout and orders (codes from cartflow/problems.py)."""
+"""Domain errors of checkout and orders (codes from cartflow/problems.py, one class per code).
+
+The checkout also passes on inventory's errors (inventory/errors.py: ``ProductNotFound``,
+``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``) and the gateway's.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,3 @@ class CheckoutNotConfirmable(DomainError):
 
 class CheckoutNotCancellable(DomainError):
     code = "checkout_not_cancellable"
-
-
-class ProductUnavailable(DomainError):
-    code = "product_not_found"

@@ -62,12 +62,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cart.services import CartSnapshot, cart_clear, cart_snapshot
+from inventory.errors import InsufficientStock, InventoryContention, ReservationStateError
+from inventory.errors import ProductNotFound as ProductUnavailable
 from inventory.flashsale import flash_tokens_consume, flash_tokens_return, flash_tokens_take
 from inventory.selectors import product_infos_get, reservations_for_holder
 from inventory.services import (
-    InsufficientStock,
-    InventoryContention,
-    ReservationStateError,
     ReserveLine,
     reservation_commit,
     reservation_release,
@@ -79,7 +78,6 @@ from orders.errors import (
     CheckoutNotCancellable,
     CheckoutNotConfirmable,
     PaymentDeclined,
-    ProductUnavailable,
     ReservationExpired,
 )
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep, new_checkout_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from cartflow.admin import ReadOnlyAdminMixin
 from payments.models import DisputedPayment, Payment, PaymentAttempt, WebhookEvent
 
 
@@ -18,19 +19,8 @@ class PaymentAttemptInline(admin.TabularInline):
         return False
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:  # noqa: ANN001
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:  # noqa: ANN001
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:  # noqa: ANN001
-        return False
-
-
 @admin.register(Payment)
-class PaymentAdmin(_ReadOnlyAdmin):
+class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("order_id", "intent_id", "status", "amount", "currency", "amount_refunded", "disputed", "updated")
     list_filter = ("status", "disputed", "currency")
     search_fields = ("order_id", "checkout_id", "intent_id")
@@ -63,7 +53,7 @@ class DisputeAdmin(PaymentAdmin):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(_ReadOnlyAdmin):
+class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("event_id", "type", "status", "attempts", "intent_id", "received_at", "processed_at")
     list_filter = ("type", "status")
     search_fields = ("event_id", "intent_id")

@@ -16,14 +16,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from cart.errors import (
-    CartValidationError,
-    CartVersionConflict,
-    CurrencyMismatch,
-    InsufficientStock,
-    ProductNotFound,
-)
+from cart.errors import CartValidationError, CartVersionConflict, CurrencyMismatch
 from cart.services import cart_delete, cart_item_add, cart_item_remove, cart_item_set, cart_snapshot
+from inventory.errors import InsufficientStock, ProductNotFound
 from inventory.models import Product, Stock
 
 MISSING_PRODUCT = 987_654_321

@@ -18,7 +18,7 @@ import pytest
 from django.utils import timezone
 
 from cart.identity import cart_ref_for_token
-from inventory import flashsale
+from inventory import flashsale_keys
 from inventory.flashsale import flash_holders, flash_pool_state, flash_sale_start, flash_tokens_take
 from inventory.models import Reservation
 from orders import saga as saga_mod
@@ -114,10 +114,10 @@ def test_beat_returns_the_flash_sale_token_of_a_gone_holder(celery_beat_process)
     flash_sale_start(product_id=product.id)
     assert flash_tokens_take(holder="co_gone", lines=[(product.id, 1)]) is True
     # The holder took its token an hour ago and never reserved: its process is gone.
-    client = flashsale._redis()
-    hold = json.loads(client.hget(flashsale.HELD, "co_gone"))
+    client = flashsale_keys.redis_client()
+    hold = json.loads(client.hget(flashsale_keys.HELD, "co_gone"))
     hold["at"] = time.time() - 3600
-    client.hset(flashsale.HELD, "co_gone", json.dumps(hold))
+    client.hset(flashsale_keys.HELD, "co_gone", json.dumps(hold))
     assert flash_pool_state(product_id=product.id).free == 3
 
     beat = celery_beat_process(FLASH_POOL_SWEEP)

@@ -10,11 +10,12 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 
+from inventory.errors import InsufficientStock, InventoryContention, ReservationStateError
 from inventory.models import Product, Reservation, Stock
 from inventory.services import (
-    InsufficientStock,
-    InventoryContention,
     ReserveLine,
+    reservation_commit,
+    reservation_release,
     reservation_reserve,
 )
 from tests.support.threads import race
@@ -179,8 +180,6 @@ def test_commit_racing_release_sells_or_returns_each_hold_whole():
     """Each of 20 two-product holds is committed by one thread while another releases it: every hold ends
     wholly COMMITTED (its units gone from on_hand) or wholly RELEASED (its units free again), never half, and
     the stock rows add up to exactly that."""
-    from inventory.services import ReservationStateError, reservation_commit, reservation_release
-
     a, b = make_product(100), make_product(100)
     holders = [f"co_race_{i}" for i in range(20)]
     for holder in holders:

@@ -8,10 +8,9 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from inventory import flashsale
+from inventory import flashsale, flashsale_keys
+from inventory.errors import FlashSaleBusy, SoldOut
 from inventory.flashsale import (
-    FlashSaleBusy,
-    SoldOut,
     flash_holders,
     flash_pool_state,
     flash_pool_sweep,
@@ -116,10 +115,10 @@ def test_sweeper_settles_holders_from_the_database_and_resyncs_the_pool(make_pro
     reservation_commit(holder="committed")
     reservation_release(holder="released")
     # "crashed" took its token long ago and never reserved.
-    raw = flashsale._redis().hget(flashsale.HELD, "crashed")
-    flashsale._redis().hset(flashsale.HELD, "crashed", raw.replace(b'"at":', b'"at":1,"old":'))
+    raw = flashsale_keys.redis_client().hget(flashsale_keys.HELD, "crashed")
+    flashsale_keys.redis_client().hset(flashsale_keys.HELD, "crashed", raw.replace(b'"at":', b'"at":1,"old":'))
     # The pool drifted (e.g. a lost return): the sweeper sets it from the database.
-    flashsale._redis().hset(flashsale.FREE, p.id, 0)
+    flashsale_keys.redis_client().hset(flashsale_keys.FREE, p.id, 0)
 
     report = flash_pool_sweep()
     assert report.consumed == ["committed"]
@@ -137,7 +136,7 @@ def test_sweeper_reopens_lost_pools_and_closes_stray_ones(make_product, redis_cl
     flash_sale_start(product_id=hot.id)
     flash_sale_start(product_id=cold.id)
     Product.objects.filter(id=cold.id).update(flash_sale=False)  # stopped while Redis was away
-    redis_client.delete(flashsale.FREE, flashsale.INFLIGHT)
+    redis_client.delete(flashsale_keys.FREE, flashsale_keys.INFLIGHT)
     flashsale.flash_pool_open(product_id=cold.id, tokens=5)
     report = flash_pool_sweep()
     assert report.reopened == [hot.id] and report.closed == [cold.id]
@@ -147,7 +146,7 @@ def test_sweeper_reopens_lost_pools_and_closes_stray_ones(make_product, redis_cl
 def test_pool_is_never_larger_than_available_stock(make_product):
     p = make_product(on_hand=3)
     flash_sale_start(product_id=p.id)
-    flashsale._redis().hset(flashsale.FREE, p.id, 50)
+    flashsale_keys.redis_client().hset(flashsale_keys.FREE, p.id, 50)
     reservation_reserve(lines=[ReserveLine(p.id, 2)], holder="direct")  # a checkout that bypassed the pool
     flash_pool_sweep()
     assert free(p.id) == 1

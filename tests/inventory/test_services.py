@@ -10,12 +10,10 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from cartflow.invariants import run_all
+from inventory.errors import InsufficientStock, ReservationStateError, StockBelowReserved
 from inventory.models import Product, Reservation, Stock, StockAdjustment
 from inventory.services import (
-    InsufficientStock,
-    ReservationStateError,
     ReserveLine,
-    StockBelowReserved,
     reservation_commit,
     reservation_extend,
     reservation_release,

@@ -41,8 +41,9 @@ from hypothesis.stateful import (
 from cart.identity import cart_ref_for_token, token_new
 from cart.services import cart_item_add
 from cartflow.invariants import run_all
+from inventory.errors import InsufficientStock, InventoryContention
 from inventory.models import Product, Reservation, Stock
-from inventory.services import InsufficientStock, InventoryContention, reservations_release_expired
+from inventory.services import reservations_release_expired
 from orders.errors import (
     CartEmpty,
     CheckoutInProgress,

@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from cartflow.problems import DomainError
 from inventory.flashsale import flash_pool_state, flash_sale_start, flash_sale_stop
+from inventory.models import Product
 
 
 class Command(BaseCommand):
@@ -16,8 +17,6 @@ class Command(BaseCommand):
         parser.add_argument("sku")
 
     def handle(self, *args: object, action: str, sku: str, **options: object) -> None:
-        from inventory.models import Product
-
         product_id = Product.objects.filter(sku=sku).values_list("id", flat=True).first()
         if product_id is None:
             raise CommandError(f"no product with sku {sku!r}")
