@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from orders import saga as saga_services
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.saga import driver as saga_services
 
 # --- links to the other apps' admin pages (by URL: orders never reads their models) --------------------
 

@@ -16,7 +16,7 @@ HANDLED = ("order.confirmed",)
 
 def outbox_process(*, outbox_id: int) -> bool:
     """Consume one outbox event (idempotent: at-least-once delivery is fine). True when processed."""
-    from orders.saga import saga_fulfil
+    from orders.saga.driver import saga_fulfil
 
     row = Outbox.objects.filter(pk=outbox_id).first()
     if row is None or row.processed_at is not None:

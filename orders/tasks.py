@@ -27,7 +27,7 @@ def outbox_sweep_task() -> int:
 
 @shared_task
 def recover_sagas_task() -> dict[str, int]:
-    from orders.saga import saga_recover
+    from orders.saga.driver import saga_recover
     from payments import budget as stripe_budget
 
     with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
