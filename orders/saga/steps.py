@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from celery import signature
 from django.db import transaction
 
 from cart.services import cart_clear
@@ -239,9 +240,8 @@ def fulfil(saga: CheckoutSaga) -> None:
 
 
 def _enqueue_outbox(outbox_id: int) -> None:
-    from orders.tasks import outbox_process_task
-
     try:
-        outbox_process_task.delay(outbox_id)
+        # By name: orders/tasks.py imports the saga, so the saga does not import it.
+        signature("orders.tasks.outbox_process_task", args=(outbox_id,)).delay()
     except Exception:  # noqa: BLE001 - the broker is down: the beat sweep re-enqueues unprocessed rows
         log.warning("outbox_enqueue_failed", outbox_id=outbox_id)
