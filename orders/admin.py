@@ -16,6 +16,7 @@ from django.utils.safestring import SafeString
 
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
 from orders.saga import driver as saga_services
+from payments.selectors import payment_get
 
 # --- links to the other apps' admin pages (by URL: orders never reads their models) --------------------
 
@@ -114,8 +115,6 @@ class OrderAdmin(_ReadOnly, admin.ModelAdmin):
 
     @admin.display(description="payment")
     def payment(self, obj: Order) -> SafeString | str:
-        from payments.selectors import payment_get
-
         payment = payment_get(order_id=obj.public_id)
         if payment is None:
             return "-"

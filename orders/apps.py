@@ -8,6 +8,7 @@ class OrdersConfig(AppConfig):
     def ready(self) -> None:
         # inventory and payments know nothing of orders: they call these hooks
         # (docs/architecture.md, "Dependency rules").
+        # Imported here, not at the top: the listeners use the models, which load once the registry is ready.
         from inventory.hooks import register_expired_listener, register_extend_policy
         from orders.saga import listeners
         from payments.hooks import register_intent_listener
