@@ -261,7 +261,7 @@ CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE
 CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
 CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
 
-# --- Checkout saga and Idempotency-Key (orders/saga.py, cartflow/idempotency.py) ---
+# --- Checkout saga and Idempotency-Key (orders/saga/, cartflow/idempotency.py) ---
 # CARTFLOW_SAGA_LEASE_SECONDS: how long a process may drive a saga before a crashed one's lease lapses.
 CARTFLOW_SAGA_LEASE_SECONDS = env_float("CARTFLOW_SAGA_LEASE_SECONDS", 30)
 # CARTFLOW_CHECKOUT_START_WAIT_SECONDS: a second start waits this long for the cart's first one to finish.

@@ -15,8 +15,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from cartflow.admin import ReadOnlyAdminMixin
-from orders import saga as saga_services
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.saga import driver as saga_services
 from payments.selectors import payment_get
 
 # --- links to the other apps' admin pages (by URL: orders never reads their models) --------------------

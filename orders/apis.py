@@ -15,8 +15,8 @@ from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
 from cartflow.serializers import LineOutputSerializer
 from cartflow.throttling import ScopedRedisThrottle
-from orders import saga as saga_services
 from orders.errors import CartEmpty
+from orders.saga import driver as saga_services
 from orders.selectors import (
     Caller,
     checkout_active_for_cart,

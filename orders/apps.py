@@ -8,10 +8,11 @@ class OrdersConfig(AppConfig):
     def ready(self) -> None:
         # inventory and payments know nothing of orders: they call these hooks
         # (docs/architecture.md, "Dependency rules").
+        # Imported here, not at the top: the listeners use the models, which load once the registry is ready.
         from inventory.hooks import register_expired_listener, register_extend_policy
-        from orders import saga
+        from orders.saga import listeners
         from payments.hooks import register_intent_listener
 
-        register_extend_policy(saga.saga_keeps_hold)
-        register_expired_listener(saga.saga_on_reservation_expired)
-        register_intent_listener(saga.saga_on_intent, settled=saga.saga_settled_for_intent)
+        register_extend_policy(listeners.saga_keeps_hold)
+        register_expired_listener(listeners.saga_on_reservation_expired)
+        register_intent_listener(listeners.saga_on_intent, settled=listeners.saga_settled_for_intent)

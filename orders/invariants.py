@@ -9,6 +9,7 @@ from django.db.models import Count, Q, Sum
 from cartflow.invariants import invariant
 from inventory.models import Reservation
 from orders.models import CheckoutSaga, Order, OrderLine
+from payments.models import Payment
 
 
 @invariant("orders: a terminal checkout holds no stock")
@@ -32,8 +33,6 @@ def paid_order_confirmed_or_refunded() -> list[str]:
 
 @invariant("orders: at most one succeeded PaymentIntent per order")
 def one_succeeded_intent_per_order() -> list[str]:
-    from payments.models import Payment
-
     dupes = (
         Payment.objects.filter(status="succeeded")
         .values("order_id")

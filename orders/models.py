@@ -1,6 +1,7 @@
 """Orders, the checkout saga that produces them, its append-only step log, and the outbox.
 
-State fields change only through orders/saga.py (version-checked UPDATEs); admin and views read.
+State fields change only through the saga (version-checked UPDATEs in orders/saga/persistence.py); admin and
+views read.
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
-"""Order services outside the saga proper: the outbox consumer and its sweep."""
+"""Order services outside the saga proper: the outbox consumer and its sweep.
+
+orders/tasks.py imports this module, never the reverse: events are handed to a worker by task name.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import structlog
+from celery import signature
 from django.db.models import F
 from django.utils import timezone
 
 from orders.models import Outbox
+from orders.saga.driver import saga_fulfil
 
 log = structlog.get_logger("cartflow.outbox")
 HANDLED = ("order.confirmed",)
@@ -16,8 +21,6 @@ HANDLED = ("order.confirmed",)
 
 def outbox_process(*, outbox_id: int) -> bool:
     """Consume one outbox event (idempotent: at-least-once delivery is fine). True when processed."""
-    from orders.saga import saga_fulfil
-
     row = Outbox.objects.filter(pk=outbox_id).first()
     if row is None or row.processed_at is not None:
         return True
@@ -35,14 +38,12 @@ def outbox_process(*, outbox_id: int) -> bool:
 
 def outbox_sweep(*, older_than_seconds: int = 30, limit: int = 500) -> int:
     """Re-enqueue events still unprocessed after a while (a lost message, a broker outage)."""
-    from orders.tasks import outbox_process_task
-
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     ids = list(
         Outbox.objects.filter(processed_at__isnull=True, created_at__lt=cutoff).values_list("pk", flat=True)[:limit]
     )
     for pk in ids:
-        outbox_process_task.delay(pk)
+        signature("orders.tasks.outbox_process_task", args=(pk,)).delay()
     return len(ids)
 
 

@@ -7,6 +7,8 @@ from redis.exceptions import RedisError
 
 from orders import services
 from orders.errors import CheckoutInProgress
+from orders.saga.driver import saga_recover
+from payments import budget as stripe_budget
 
 
 @shared_task(
@@ -27,8 +29,5 @@ def outbox_sweep_task() -> int:
 
 @shared_task
 def recover_sagas_task() -> dict[str, int]:
-    from orders.saga import saga_recover
-    from payments import budget as stripe_budget
-
     with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
         return saga_recover()

@@ -28,7 +28,7 @@ BUDGETS = {
     # the merged writes, 33 before payments' record became one upsert+attempt statement (round 3), 25 before
     # the response stopped re-reading the order and hold it had just written, 23 before "reserve done"
     # moved into the order's transaction, 19 before each saga write became one statement (UPDATE + log
-    # INSERT in a writable CTE, orders/saga.py _write_saga), 17 before the saga INSERT became one statement
+    # INSERT in a writable CTE, orders/saga/persistence.py), 17 before the saga INSERT became one statement
     # too and a new checkout stopped looking up reservations its fresh id cannot have, 13 before the order's
     # PaymentIntent UPDATE rode in the saga's "done" statement, 10 before the order and its lines did too.
     "checkout_start": 6,

@@ -21,9 +21,9 @@ from cart.identity import cart_ref_for_token
 from inventory import flashsale_keys
 from inventory.flashsale import flash_holders, flash_pool_state, flash_sale_start, flash_tokens_take
 from inventory.models import Reservation
-from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Outbox
-from orders.saga import SimulatedCrash, checkout_confirm, checkout_payment_intent, checkout_start
+from orders.saga.crashpoints import SimulatedCrash, crash_points
+from orders.saga.driver import checkout_confirm, checkout_payment_intent, checkout_start
 from payments.gateway import payment_intent_retrieve
 from payments.models import Payment
 from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, refunds, stock
@@ -40,9 +40,9 @@ RECONCILE = "payments: reconcile with Stripe"
 
 @pytest.fixture(autouse=True)
 def _disarm():
-    saga_mod.crash_points.clear()
+    crash_points.clear()
     yield
-    saga_mod.crash_points.clear()
+    crash_points.clear()
 
 
 def _checkout(product, quantity: int = 2, *, with_intent: bool = False) -> CheckoutSaga:  # noqa: ANN001
@@ -80,7 +80,7 @@ def test_beat_recovers_a_saga_whose_lease_lapsed(stripe_emulator, settings, cele
     settings.CARTFLOW_SAGA_LEASE_SECONDS = 0  # the crashed process's lease lapses at once
     product = make_product(on_hand=5)
     saga = _checkout(product)
-    saga_mod.crash_points.add("charge:after")  # charged at Stripe, then the process dies holding the lease
+    crash_points.add("charge:after")  # charged at Stripe, then the process dies holding the lease
     with pytest.raises(SimulatedCrash):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
     crashed = _reload(saga)

@@ -1,6 +1,6 @@
 """Real crashes: a live gunicorn server is SIGKILLed in the middle of a saga step, then recovery ends it.
 
-tests/orders/test_saga_failures.py raises ``SimulatedCrash`` at the crash points of orders/saga.py inside the
+tests/orders/test_saga_failures.py raises ``SimulatedCrash`` at the crash points of orders/saga/ inside the
 test process; here the process really dies. Each test starts gunicorn (tests/support/gunicorn.py) with
 ``CARTFLOW_TEST_PAUSE_AT=<point>`` and a 1 s saga lease, drives a buyer over HTTP until the worker blocks at
 that point, checks what is persisted at that instant, kills the worker with SIGKILL (no ``finally``, no
@@ -13,7 +13,7 @@ find out what Stripe did.
 One test per step family: reserve (start), charge (before and after the money moves), confirm, and
 compensation (cancel's release, with and without a PaymentIntent; expiry's refund). The start makes no
 Stripe call: the buyer's confirm creates and confirms the order's one PaymentIntent, and a storefront that
-confirms with Stripe.js gets it unconfirmed from ``POST /api/checkout/{id}/payment-intent`` (orders/saga.py).
+confirms with Stripe.js gets it unconfirmed from ``POST /api/checkout/{id}/payment-intent`` (orders/saga/driver.py).
 """
 
 from __future__ import annotations

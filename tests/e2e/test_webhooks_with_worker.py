@@ -24,7 +24,7 @@ def test_duplicated_and_reversed_webhooks_converge_through_the_worker(
     stripe_emulator.set_webhook_url(f"{live_server.url}/api/webhooks/stripe")
     stripe_emulator.webhooks("pause")
     order_id = "ord_e2e"
-    # The worker runs the whole app, so the orders listener (orders/saga.py saga_on_intent) sees these events
+    # The worker runs the whole app, so the orders listener (orders/saga/listeners.py saga_on_intent) sees these events
     # too. An order whose checkout is not this intent's is acknowledged by it; with no order at all it raises
     # NotKnownYet, and every delivery of a still-pending event starts another retry chain of
     # CARTFLOW_WEBHOOK_MAX_RETRIES runs, each re-fetching the intent: work that grows with the deliveries and,

@@ -14,9 +14,8 @@ from rest_framework.authtoken.models import Token
 
 from inventory.models import Reservation
 from inventory.services import stock_adjust
-from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
-from orders.saga import SimulatedCrash
+from orders.saga.crashpoints import SimulatedCrash, crash_points
 from payments.models import Payment, WebhookEvent
 from tests.support.saga import guest_with_cart, invariants_hold, make_product, stock
 
@@ -25,9 +24,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _disarm():
-    saga_mod.crash_points.clear()
+    crash_points.clear()
     yield
-    saga_mod.crash_points.clear()
+    crash_points.clear()
 
 
 @pytest.fixture
@@ -129,7 +128,7 @@ def test_compensate_action_undoes_a_crashed_saga(staff, stripe_emulator, setting
     product = make_product(on_hand=3)
     client, checkout_id = started(product)
     # A Stripe.js storefront asks for the intent; the process dies right after Stripe answered.
-    saga_mod.crash_points.add("create_payment_intent:after")
+    crash_points.add("create_payment_intent:after")
     with pytest.raises(SimulatedCrash):
         client.post(f"/api/checkout/{checkout_id}/payment-intent")
     crashed = CheckoutSaga.objects.get()

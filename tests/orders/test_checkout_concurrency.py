@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from cart.identity import cart_ref_for_token
 from cartflow.models import IdempotencyRecord
 from orders.models import CheckoutSaga
-from orders.saga import checkout_confirm, checkout_start
+from orders.saga.driver import checkout_confirm, checkout_start
 from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, stock
 from tests.support.threads import race
 

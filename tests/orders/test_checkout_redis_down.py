@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_sweep, flash_sale_start
 from inventory.models import Reservation, Stock
 from orders.models import CheckoutSaga, Order
-from orders.saga import saga_recover
+from orders.saga.driver import saga_recover
 from tests.support.saga import charges, intents_of_order, invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 
 from inventory.flashsale import flash_holders, flash_pool_state, flash_pool_sweep, flash_sale_start
 from inventory.models import Reservation, Stock
-from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
+from orders.saga import steps as saga_steps
 from tests.support.saga import invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -154,8 +154,8 @@ def test_a_rush_of_buyers_never_oversells_and_reuses_returned_tokens(stripe_emul
     stock, buyers = 20, 200
     product = make_product(on_hand=stock)
     flash_sale_start(product_id=product.id)
-    gauge = PeakGauge(saga_mod.reservation_reserve)
-    monkeypatch.setattr(saga_mod, "reservation_reserve", gauge)
+    gauge = PeakGauge(saga_steps.reservation_reserve)
+    monkeypatch.setattr(saga_steps, "reservation_reserve", gauge)
     clients = [buyer(product) for _ in range(buyers)]
     late = buyer(product)
 

@@ -1,7 +1,7 @@
 """The failure matrix: every step failing, and a crash right before and right after its side effect.
 
-A crash is a SimulatedCrash (BaseException) raised at an armed point of orders.saga; the lease it leaves
-behind lapses and ``saga_recover`` (what ``recover_sagas`` runs) finishes or compensates. After each
+A crash is a SimulatedCrash (BaseException) raised at an armed point (orders/saga/crashpoints.py); the lease
+it leaves behind lapses and ``saga_recover`` (what ``recover_sagas`` runs) finishes or compensates. After each
 case: the right terminal state, stock adds up, at most one charge, and every invariant holds.
 """
 
@@ -12,9 +12,10 @@ import pytest
 from cart.identity import cart_ref_for_token
 from inventory.models import Reservation
 from inventory.services import reservation_release, reservations_release_expired
-from orders import saga as saga_mod
 from orders.models import CheckoutSaga, Order
-from orders.saga import SimulatedCrash, checkout_cancel, checkout_confirm, checkout_start, saga_recover
+from orders.saga.crashpoints import SimulatedCrash, crash_points
+from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
+from orders.saga.listeners import saga_keeps_hold, saga_on_reservation_expired, saga_settled_for_intent
 from orders.services import outbox_process_pending
 from payments.gateway import PaymentTransientError, payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
@@ -38,9 +39,9 @@ START_STEPS = ["reserve", "create_order"]
 
 @pytest.fixture(autouse=True)
 def _disarm():
-    saga_mod.crash_points.clear()
+    crash_points.clear()
     yield
-    saga_mod.crash_points.clear()
+    crash_points.clear()
 
 
 def _cart(product, quantity: int = 2) -> str:  # noqa: ANN001
@@ -75,7 +76,7 @@ def test_crash_during_start_is_rolled_forward_by_recovery(stripe_emulator, setti
     settings.CARTFLOW_CHECKOUT_START_WAIT_SECONDS = 0.3  # the busy retry below waits this long, then answers 409
     product = make_product()
     cart_key = _cart(product)
-    saga_mod.crash_points.add(f"{step}:{when}")
+    crash_points.add(f"{step}:{when}")
     with pytest.raises(SimulatedCrash):
         checkout_start(cart_key=cart_key)
     saga = CheckoutSaga.objects.get(cart_key=cart_key)
@@ -110,7 +111,7 @@ def test_crash_around_the_charge_is_settled_by_replaying_the_create(stripe_emula
     the buyer's payment made now; after, Stripe returns the intent it made. Either way one intent."""
     product = make_product()
     saga = _start(_cart(product))
-    saga_mod.crash_points.add(f"charge:{when}")
+    crash_points.add(f"charge:{when}")
     with pytest.raises(SimulatedCrash):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
     crashed = _reload(saga)
@@ -118,7 +119,7 @@ def test_crash_around_the_charge_is_settled_by_replaying_the_create(stripe_emula
     assert crashed.charge_params == {"payment_method": "pm_card_visa"} and crashed.attempt == 1
     assert len(intents_of_order(stripe_emulator, saga.order.public_id)) == (0 if when == "before" else 1)
     # While the charge is unknown the expiry sweep keeps the hold (Saleor #15246).
-    assert saga_mod.saga_keeps_hold(saga.public_id)
+    assert saga_keeps_hold(saga.public_id)
 
     saga_recover(now=later())
     saga = _reload(saga)
@@ -133,7 +134,7 @@ def test_crash_around_the_charge_is_settled_by_replaying_the_create(stripe_emula
 def test_crash_around_confirm_and_fulfil_finishes_once(stripe_emulator, point):
     product = make_product()
     saga = _start(_cart(product))
-    saga_mod.crash_points.add(point)
+    crash_points.add(point)
     with pytest.raises(SimulatedCrash):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
         outbox_process_pending()
@@ -152,8 +153,8 @@ def test_crash_around_confirm_and_fulfil_finishes_once(stripe_emulator, point):
 def test_crash_during_compensation_is_finished_by_recovery(stripe_emulator, step, when):
     product = make_product()
     saga = _start(_cart(product))
-    saga_mod.checkout_payment_intent(saga_id=saga.pk)  # a Stripe.js storefront asked for the intent
-    saga_mod.crash_points.add(f"{step}:{when}")
+    checkout_payment_intent(saga_id=saga.pk)  # a Stripe.js storefront asked for the intent
+    crash_points.add(f"{step}:{when}")
     with pytest.raises(SimulatedCrash):
         checkout_cancel(saga_id=saga.pk)
     assert _reload(saga).compensate_to == "cancelled"
@@ -170,7 +171,7 @@ def test_crash_during_compensation_is_finished_by_recovery(stripe_emulator, step
 def _paid_behind_our_back(stripe_emulator, saga: CheckoutSaga) -> None:  # noqa: ANN001
     """The buyer's card is charged on Stripe's side without our confirm (a client-side confirm with Stripe.js
     of the intent ``/payment-intent`` gave it)."""
-    intent_id = saga_mod.checkout_payment_intent(saga_id=saga.pk).payment_intent_id
+    intent_id = checkout_payment_intent(saga_id=saga.pk).payment_intent_id
     stripe_emulator.client().v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
 
 
@@ -182,9 +183,9 @@ def test_crash_around_the_refund_still_refunds_exactly_once(stripe_emulator, whe
     # The hold lapsed and someone else bought the stock: the paid order cannot be filled → refund.
     reservation_release(holder=saga.public_id, status="EXPIRED")
     _start(_cart(product))
-    saga_mod.crash_points.add(f"refund:{when}")
+    crash_points.add(f"refund:{when}")
     with pytest.raises(SimulatedCrash):
-        saga_mod.saga_on_reservation_expired(saga.public_id)
+        saga_on_reservation_expired(saga.public_id)
     saga_recover(now=later())
     saga = _reload(saga)
     assert saga.state == "expired"
@@ -201,13 +202,13 @@ def test_payment_intent_endpoint_failure_keeps_the_checkout_open_and_a_retry_get
     saga = _start(_cart(product))
     stripe_emulator.add_fault("POST /v1/payment_intents", "lose_response", times=10)
     with pytest.raises(PaymentTransientError):
-        saga_mod.checkout_payment_intent(saga_id=saga.pk)
+        checkout_payment_intent(saga_id=saga.pk)
     stripe_emulator.clear_faults()
     lost = _reload(saga)
     assert lost.state == "awaiting_payment" and lost.step == "create_payment_intent"
     assert lost.step_status == "indeterminate" and lost.payment_intent_id == ""
     assert len(intents_of_order(stripe_emulator, saga.order.public_id)) == 1  # Stripe made it; we never heard
-    again = saga_mod.checkout_payment_intent(saga_id=saga.pk)
+    again = checkout_payment_intent(saga_id=saga.pk)
     assert intents_of_order(stripe_emulator, saga.order.public_id) == [again.payment_intent_id]
     _finish(saga)
     assert intents_of_order(stripe_emulator, saga.order.public_id) == [again.payment_intent_id]
@@ -280,7 +281,7 @@ def test_refund_failure_is_retried_by_recovery(stripe_emulator):
     _start(_cart(product))
     stripe_emulator.add_fault("POST /v1/refunds", "http_500", times=10)
     with pytest.raises(PaymentTransientError):  # compensation stops at the refund
-        saga_mod.saga_on_reservation_expired(saga.public_id)
+        saga_on_reservation_expired(saga.public_id)
     assert _reload(saga).compensate_to == "expired" and refunds(stripe_emulator) == 0
     stripe_emulator.clear_faults()
     saga_recover(now=later())
@@ -361,7 +362,7 @@ def test_recover_sagas_command_finishes_a_crashed_charge(stripe_emulator, settin
     settings.CARTFLOW_SAGA_LEASE_SECONDS = 0  # the crashed process's lease lapses at once
     product = make_product()
     saga = _start(_cart(product))
-    saga_mod.crash_points.add("charge:after")
+    crash_points.add("charge:after")
     with pytest.raises(SimulatedCrash):
         checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa")
     call_command("recover_sagas")
@@ -371,10 +372,8 @@ def test_recover_sagas_command_finishes_a_crashed_charge(stripe_emulator, settin
 
 def test_the_checkout_is_settled_for_its_intent_only_once_confirmed(stripe_emulator):
     """payments skips re-fetching a ``payment_intent.succeeded`` only when this says the checkout is done."""
-    from orders.saga import saga_settled_for_intent
-
     saga = _start(_cart(make_product()))
-    intent_id = saga_mod.checkout_payment_intent(saga_id=saga.pk).payment_intent_id
+    intent_id = checkout_payment_intent(saga_id=saga.pk).payment_intent_id
     assert not saga_settled_for_intent(intent_id, "succeeded")  # awaiting payment: the webhook may matter
     assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
     assert saga_settled_for_intent(intent_id, "succeeded")

@@ -54,7 +54,7 @@ from orders.errors import (
     ReservationExpired,
 )
 from orders.models import CheckoutSaga, Order
-from orders.saga import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
+from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.services import outbox_process_pending
 from payments.gateway import PaymentMethodInvalid, PaymentTransientError
 from payments.hooks import NotKnownYet

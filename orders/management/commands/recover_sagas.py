@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from orders.saga import saga_recover
+from orders.saga.driver import saga_recover
 from orders.services import outbox_process_pending
 from payments import budget as stripe_budget
 

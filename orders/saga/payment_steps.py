@@ -1,0 +1,311 @@
+"""The steps that call Stripe, each beside its undo: create_payment_intent / cancel_payment_intent, and
+charge / refund, with how a charge's outcome is settled and applied (orders/saga/intent_outcome.py decides
+what the PaymentIntent's state means). The rules are those of orders/saga/steps.py; here, in addition, a
+Stripe outcome that is unknown (timeout, lost response) leaves the step ``indeterminate``, and only the
+PaymentIntent as Stripe has it settles it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orders.errors import PaymentDeclined
+from orders.models import CheckoutSaga
+from orders.saga.crashpoints import crash_point
+from orders.saga.intent_outcome import IntentOutcome, intent_outcome
+from orders.saga.persistence import (
+    ABOUT_TO,
+    DONE,
+    FAILED,
+    INDETERMINATE,
+    OrderChange,
+    order_paid,
+    order_records_intent,
+    order_refunded,
+    save,
+    save_outcome,
+)
+from orders.saga.steps import CompensationRequired, about_to, announce, done, pending
+from payments.gateway import (
+    IntentResult,
+    PaymentMethodInvalid,
+    PaymentPermanentError,
+    PaymentProviderBusy,
+    PaymentTransientError,
+    payment_intent_cancel,
+    payment_intent_confirm,
+    payment_intent_create,
+    payment_intent_create_and_confirm,
+    payment_intent_retrieve,
+    refund_create,
+)
+
+S = CheckoutSaga.State
+
+
+# --- create_payment_intent / cancel_payment_intent ----------------------------------------------------------
+
+
+def _create_intent(saga: CheckoutSaga) -> IntentResult:
+    """The order's PaymentIntent, unconfirmed, keyed by the order: a replay returns the same intent."""
+    order = saga.order
+    return payment_intent_create(
+        order_id=order.public_id,
+        checkout_id=saga.public_id,
+        amount=order.total,
+        currency=order.currency,
+        email=order.email or None,
+    )
+
+
+def create_payment_intent(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
+    """Create the order's PaymentIntent without confirming it, for a storefront that confirms with Stripe.js."""
+    replay = pending(saga, "create_payment_intent")
+    announce(saga, "create_payment_intent")
+    try:
+        intent = _create_intent(saga)
+    except PaymentProviderBusy:
+        # Nothing was sent now; an earlier create whose answer was lost stays to be replayed.
+        status = INDETERMINATE if replay else FAILED
+        save_outcome(saga, "create_payment_intent", status, details={"error": PaymentProviderBusy.code})
+        raise
+    except PaymentTransientError as exc:
+        save_outcome(saga, "create_payment_intent", INDETERMINATE, details={"error": str(exc)[:200]})
+        raise
+    except PaymentPermanentError as exc:
+        save_outcome(saga, "create_payment_intent", FAILED, details={"error": exc.stripe_code or str(exc)[:200]})
+        raise
+    done(
+        saga,
+        "create_payment_intent",
+        order=order_records_intent(intent),
+        details={"intent": intent.intent_id},
+        release_lease=release_lease,
+        payment_intent_id=intent.intent_id,
+        client_secret=intent.client_secret or "",
+    )
+    saga.order.payment_intent_id, saga.order.payment_status = intent.intent_id, intent.status
+
+
+def cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
+    """Cancel the PI if the order has one. Returns the PI; ``succeeded`` means it was paid and could not be
+    cancelled. A checkout that never created one costs Stripe nothing here. The caller has settled a
+    pending charge first (a create-and-confirm may have made the order's intent)."""
+    if not saga.payment_intent_id and pending(saga, "create_payment_intent"):
+        # The create may have reached Stripe: ask again with the same key to learn the id, then cancel.
+        try:
+            intent = _create_intent(saga)
+        except (PaymentTransientError, PaymentPermanentError, PaymentProviderBusy):
+            return None  # nothing was confirmed on it; a stray PI without a payment method moves no money
+        save(saga, order=order_records_intent(intent), payment_intent_id=intent.intent_id)
+    if not saga.payment_intent_id:
+        return None
+    about_to(saga, "cancel_payment_intent")
+    intent = payment_intent_cancel(order_id=saga.order.public_id, intent_id=saga.payment_intent_id)
+    done(saga, "cancel_payment_intent", details={"status": intent.status}, order=order_records_intent(intent))
+    return intent
+
+
+# --- charge / refund --------------------------------------------------------------------------------------
+
+
+def charge(saga: CheckoutSaga, *, method: dict[str, str | None]) -> None:
+    """Pay: without an intent, create AND confirm the order's one PaymentIntent in one call; with one (a
+    retry after a decline, or after ``/payment-intent``), confirm it. Every attempt has its own Stripe
+    idempotency key (order + attempt) and persists what it pays with before the call, so a lost answer is
+    replayed exactly; one PaymentIntent per order means at most one capture whatever happens."""
+    about_to(saga, "charge", attempt=saga.attempt + 1, charge_params=method, last_error_code="", last_error_message="")
+    try:
+        intent = _charge_call(saga)
+    except PaymentProviderBusy:
+        # Nothing was sent: no decline, no compensation, the hold is kept; the same request may be retried.
+        save_outcome(saga, "charge", FAILED, details={"error": PaymentProviderBusy.code})
+        raise
+    except PaymentMethodInvalid as exc:
+        _record_method_invalid(saga, exc)
+        raise
+    except PaymentTransientError as exc:
+        save_outcome(saga, "charge", INDETERMINATE, details={"error": str(exc)})
+        settle_charge(saga)  # maybe Stripe answers a retrieve (or the replayed create) now
+        if saga.step_status == INDETERMINATE or saga.state == S.AWAITING_PAYMENT:
+            raise
+        return
+    except PaymentPermanentError as exc:
+        code = exc.stripe_code or "invalid_payment_method"
+        _record_decline(saga, code=code, message=str(exc))
+        raise PaymentDeclined(str(exc), declineCode=code, checkoutId=saga.public_id) from exc
+    apply_intent(saga, intent, raise_decline=True)
+
+
+def _charge_call(saga: CheckoutSaga) -> IntentResult:
+    """The current attempt's Stripe call, keyed by order + attempt: replaying it repeats the same request."""
+    order, method = saga.order, saga.charge_params
+    if saga.payment_intent_id:
+        return payment_intent_confirm(
+            order_id=order.public_id, intent_id=saga.payment_intent_id, attempt=saga.attempt, **method
+        )
+    return payment_intent_create_and_confirm(
+        order_id=order.public_id,
+        checkout_id=saga.public_id,
+        amount=order.total,
+        currency=order.currency,
+        email=order.email or None,
+        attempt=saga.attempt,
+        **method,
+    )
+
+
+def settle_charge(saga: CheckoutSaga) -> None:
+    """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now: retrieved when
+    the saga knows it, else by replaying the attempt's create-and-confirm (same key, same parameters), which
+    returns what the first call did."""
+    if saga.payment_intent_id:
+        intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
+    elif not saga.charge_params:
+        intent = None
+    else:
+        try:
+            intent = _charge_call(saga)
+        except PaymentMethodInvalid as exc:
+            _record_method_invalid(saga, exc)
+            return
+    if intent is None or intent_outcome(intent) is IntentOutcome.NOT_CONFIRMED:
+        # The confirm never took effect: nothing charged, the checkout stays open.
+        save_outcome(
+            saga,
+            "charge",
+            FAILED,
+            details={"settled": intent.status if intent else "not_sent"},
+            state=S.AWAITING_PAYMENT,
+            **(intent_link(saga, intent) if intent is not None else {}),
+        )
+        return
+    apply_intent(saga, intent, raise_decline=False)
+
+
+def intent_link(saga: CheckoutSaga, intent: IntentResult) -> dict[str, Any]:
+    """The saga learns the order's one PaymentIntent (the first create-and-confirm, or a replay of it)."""
+    if saga.payment_intent_id:
+        return {}
+    return {"payment_intent_id": intent.intent_id, "client_secret": intent.client_secret or ""}
+
+
+def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bool) -> None:
+    """Move the saga forward to what the PaymentIntent says (never backwards). A saga that did not know
+    its PaymentIntent yet (the first create-and-confirm) records it in the same write. Raises
+    PaymentDeclined (``raise_decline``) and CompensationRequired (the intent was canceled)."""
+    link = intent_link(saga, intent)
+    match intent_outcome(intent):
+        case IntentOutcome.PAID:
+            record_paid(saga, intent, **link)
+        case IntentOutcome.NEEDS_ACTION:
+            done(
+                saga,
+                "charge",
+                details={"status": intent.status},
+                order=order_records_intent(intent),
+                state=S.REQUIRES_ACTION,
+                next_action=intent.next_action,
+                **{**link, "client_secret": intent.client_secret or saga.client_secret},
+            )
+        case IntentOutcome.DECLINED:
+            code = intent.decline_code or intent.error_code or "card_declined"
+            message = intent.error_message or ""
+            _record_decline(saga, code=code, message=message, order=order_records_intent(intent), **link)
+            if raise_decline:
+                raise PaymentDeclined(
+                    intent.error_message or "The card was declined.", declineCode=code, checkoutId=saga.public_id
+                )
+        case IntentOutcome.CANCELED:
+            if link:
+                save(saga, order=order_records_intent(intent), **link)
+            raise CompensationRequired(to=S.FAILED, code="payment_canceled", message="The PaymentIntent was canceled.")
+        case IntentOutcome.PENDING | IntentOutcome.NOT_CONFIRMED:
+            # Processing: the webhook or recovery settles it. (A settle and the listener decide a confirm
+            # that never took effect before they get here.)
+            save_outcome(
+                saga,
+                "charge",
+                INDETERMINATE,
+                details={"status": intent.status},
+                order=order_records_intent(intent) if link else None,
+                **link,
+            )
+
+
+def record_paid(saga: CheckoutSaga, intent: IntentResult, **link: Any) -> None:
+    """Persist "charge done": the saga and its order paid. Every caller confirms a paid saga next, so "about to
+    confirm" rides on it, unless the saga is compensating."""
+    crash_point("charge:after")
+    log_rows = [("charge", DONE, {"status": intent.status})]
+    step = {"step": "charge", "step_status": DONE}
+    if not saga.compensate_to:
+        log_rows.append(("confirm", ABOUT_TO, None))
+        step = {"step": "confirm", "step_status": ABOUT_TO}
+    save(saga, log=log_rows, order=order_paid(intent), state=S.PAID, next_action=None, **step, **link)
+
+
+def record_paid_late(saga: CheckoutSaga, intent: IntentResult) -> None:
+    """The intent was found paid while the checkout expired, and the stock was taken again: the saga stops
+    compensating and is paid after all."""
+    save(
+        saga,
+        log=[("charge", DONE, {"late": True})],
+        order=order_paid(intent),
+        compensate_to="",
+        step="charge",
+        step_status=DONE,
+        state=S.PAID,
+    )
+
+
+def _record_decline(
+    saga: CheckoutSaga, *, code: str, message: str, order: OrderChange | None = None, **link: Any
+) -> None:
+    save_outcome(
+        saga,
+        "charge",
+        FAILED,
+        details={"declineCode": code},
+        order=order,
+        step="charge",
+        state=S.AWAITING_PAYMENT,
+        next_action=None,
+        last_error_code=code,
+        last_error_message=message[:2000],
+        **link,
+    )
+
+
+def _record_method_invalid(saga: CheckoutSaga, exc: PaymentMethodInvalid) -> None:
+    """Stripe refused what the buyer pays with: not a decline, the checkout stays as it was."""
+    intent = exc.intent
+    save_outcome(
+        saga,
+        "charge",
+        FAILED,
+        details={"error": PaymentMethodInvalid.code},
+        order=order_records_intent(intent) if intent is not None else None,
+        step="charge",
+        last_error_code=PaymentMethodInvalid.code,
+        last_error_message=str(exc)[:2000],
+        **(intent_link(saga, intent) if intent is not None else {}),
+    )
+
+
+def refund(saga: CheckoutSaga, intent: IntentResult) -> None:
+    """Give the money back. Before that, re-read the saga: another attempt (a webhook, a second confirm)
+    may have completed the order meanwhile (Medusa #13301)."""
+    fresh = CheckoutSaga.objects.get(pk=saga.pk)
+    if fresh.state in (S.CONFIRMED, S.FULFILLED) or fresh.version != saga.version:
+        saga.state = fresh.state
+        return
+    # Always ask Stripe (keyed by the order): a refund that already happened is returned, not repeated.
+    about_to(saga, "refund")
+    refunded = refund_create(order_id=saga.order.public_id, intent_id=intent.intent_id)
+    done(
+        saga,
+        "refund",
+        details={"refund": refunded.refund_id, "amount": refunded.amount},
+        order=order_refunded(refunded.amount),
+    )

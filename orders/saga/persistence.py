@@ -1,0 +1,369 @@
+"""How a checkout saga is written: every write is ONE version-checked statement.
+
+Each ``save_*`` function writes the saga's new fields (``UPDATE … WHERE id = ? AND version = ?``, which also
+renews the lease), its SagaStep log rows and, where a step has them, the step's own writes to the order and
+the outbox, all as one writable CTE. One statement is atomic without a transaction of its own, and the
+extra writes depend on CTE ``s`` (the saga row the UPDATE returned), so they happen only if the version
+matched. A lost version check raises CheckoutInProgress: two processes never both drive one saga.
+
+Every write to an Order row goes through here, in the saga's statement: the INSERT of the order and its
+lines (:func:`save_order_created`) and one :class:`OrderChange` per later write (:func:`order_paid`,
+:func:`order_confirmed`, …). The ORM's UPDATE + ``bulk_create`` were two compiled queries and a
+BEGIN/COMMIT per write; tests/cartflow/test_query_budgets.py holds the counts this keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from orders.errors import CheckoutInProgress
+from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from payments.gateway import IntentResult
+
+ABOUT_TO, DONE, INDETERMINATE, FAILED = "about_to", "done", "indeterminate", "failed"
+
+LogRow = tuple[str, str, dict[str, Any] | None]  # (step, outcome, details)
+
+_UNLEASED = {"lease_owner": "", "lease_expires_at": None}
+
+
+def lease_length() -> timedelta:
+    return timedelta(seconds=getattr(settings, "CARTFLOW_SAGA_LEASE_SECONDS", 30))
+
+
+# --- what a step may write to its order -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    """One UPDATE of the saga's order (``updated_at`` too), done only if the saga's version matched.
+    ``where``: an extra condition that keeps the change from moving the order backwards."""
+
+    assignments: str
+    params: tuple[Any, ...]
+    where: str = ""
+    where_params: tuple[Any, ...] = ()
+
+
+def order_records_intent(intent: IntentResult) -> OrderChange:
+    """The order's (one) PaymentIntent and its status, unless the order was refunded (a refund is final)."""
+    return OrderChange(
+        "payment_intent_id = %s, payment_status = %s",
+        (intent.intent_id, intent.status),
+        "payment_status <> %s",
+        (Order.PaymentStatus.REFUNDED.value,),
+    )
+
+
+def order_paid(intent: IntentResult) -> OrderChange:
+    """awaiting_payment → paid (never backwards), the payment status unless refunded, the PaymentIntent."""
+    return OrderChange(
+        "status = CASE WHEN status = %s THEN %s ELSE status END, "
+        "payment_status = CASE WHEN payment_status = %s THEN payment_status ELSE %s END, payment_intent_id = %s",
+        (
+            Order.Status.AWAITING_PAYMENT.value,
+            Order.Status.PAID.value,
+            Order.PaymentStatus.REFUNDED.value,
+            intent.status,
+            intent.intent_id,
+        ),
+    )
+
+
+def order_cancelled() -> OrderChange:
+    """Cancelled, unless it was confirmed (a confirmed order is never compensated)."""
+    return OrderChange(
+        "status = %s",
+        (Order.Status.CANCELLED.value,),
+        "status NOT IN (%s, %s)",
+        (Order.Status.CONFIRMED.value, Order.Status.FULFILLED.value),
+    )
+
+
+def order_refunded(amount: int) -> OrderChange:
+    return OrderChange("payment_status = %s, amount_refunded = %s", (Order.PaymentStatus.REFUNDED.value, amount))
+
+
+def order_confirmed() -> OrderChange:
+    return OrderChange("status = %s", (Order.Status.CONFIRMED.value,))
+
+
+def order_fulfilled() -> OrderChange:
+    return OrderChange("status = %s", (Order.Status.FULFILLED.value,))
+
+
+# --- the saga's writes ------------------------------------------------------------------------------------
+
+
+def save(
+    saga: CheckoutSaga,
+    *,
+    log: Sequence[LogRow] = (),
+    order: OrderChange | None = None,
+    release_lease: bool = False,
+    **fields: Any,
+) -> None:
+    """The saga's ``fields``, its ``log`` rows and (if the saga has an order) ``order``, in one statement.
+    ``release_lease``: this is the request's last write, and it gives the lease up."""
+    writes = [_order_update(saga, order)] if order is not None and saga.order_id is not None else []
+    _save(saga, fields, log, release_lease=release_lease, writes=writes)
+
+
+def save_about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
+    """Persist "about to <step>", before the step's side effect."""
+    save(saga, log=[(step, ABOUT_TO, None)], step=step, step_status=ABOUT_TO, **fields)
+
+
+def save_done(
+    saga: CheckoutSaga,
+    step: str,
+    *,
+    details: dict[str, Any] | None = None,
+    order: OrderChange | None = None,
+    release_lease: bool = False,
+    **fields: Any,
+) -> None:
+    """Persist "<step> done", after the step's side effect, with what it changed on the order."""
+    save(
+        saga,
+        log=[(step, DONE, details)],
+        order=order,
+        release_lease=release_lease,
+        step=step,
+        step_status=DONE,
+        **fields,
+    )
+
+
+def save_outcome(
+    saga: CheckoutSaga,
+    step: str,
+    outcome: str,
+    /,
+    *,
+    details: dict[str, Any] | None = None,
+    order: OrderChange | None = None,
+    **fields: Any,
+) -> None:
+    """``step`` ended ``failed`` or ``indeterminate`` (its outcome is unknown until Stripe says). The saga's
+    own ``step`` field is left as it is unless ``fields`` set it."""
+    save(saga, log=[(step, outcome, details)], order=order, step_status=outcome, **fields)
+
+
+def save_order_created(
+    saga: CheckoutSaga, order: Order, *, log: Sequence[LogRow], release_lease: bool = False, **fields: Any
+) -> None:
+    """The order and its lines (priced as the saga holds them) INSERTed ahead of the saga's UPDATE, which
+    links it: one statement, in a transaction that undoes the order if the saga's version moved (the
+    INSERT cannot depend on the UPDATE it feeds). The order is built by Django's field code (defaults,
+    public id)."""
+    fields_sql = [f for f in Order._meta.concrete_fields if not f.primary_key]
+    params: list[Any] = [f.get_db_prep_save(f.pre_save(order, True), connection) for f in fields_sql]
+    for line in saga.lines:
+        params += [
+            line["product_id"],
+            line["sku"],
+            line["name"],
+            line["unit_price"],
+            line["quantity"],
+            line["unit_price"] * line["quantity"],
+        ]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(saga.lines))
+    quote = connection.ops.quote_name
+    head = _Cte(
+        f"o AS (INSERT INTO {quote(Order._meta.db_table)} ({', '.join(quote(f.column) for f in fields_sql)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields_sql))}) RETURNING id), "
+        f"ol AS (INSERT INTO {quote(OrderLine._meta.db_table)} "  # noqa: S608
+        "(order_id, product_id, sku, name, unit_price, quantity, line_total) "
+        f"SELECT o.id, v.* FROM o CROSS JOIN (VALUES {values}) "
+        "AS v(product_id, sku, name, unit_price, quantity, line_total))",
+        params,
+    )
+    with transaction.atomic():
+        [order.pk] = _save(
+            saga,
+            fields,
+            log,
+            release_lease=release_lease,
+            head=head,
+            returning=["(SELECT id FROM o)"],
+            set_sql={"order": "(SELECT id FROM o)"},
+        )
+    order._state.adding, order._state.db = False, connection.alias
+    saga.order = order
+
+
+def save_confirmed(saga: CheckoutSaga, *, release_lease: bool = False) -> int:
+    """Persist "confirm done": the saga confirmed, its order confirmed and the outbox event ``order.confirmed``.
+    Returns the outbox row's id."""
+    now = timezone.now()
+    payload = Outbox._meta.get_field("payload").get_db_prep_save(
+        {"checkoutId": saga.public_id, "orderId": saga.order.public_id}, connection
+    )
+    outbox = _Cte(
+        f"INSERT INTO {connection.ops.quote_name(Outbox._meta.db_table)} "  # noqa: S608
+        "(event_type, payload, created_at, processed_at, attempts, last_error) "
+        "SELECT %s, %s, %s, NULL, 0, '' FROM s RETURNING id",
+        ["order.confirmed", payload, now],
+    )
+    [outbox_id] = _save(
+        saga,
+        {"step": "confirm", "step_status": DONE, "state": CheckoutSaga.State.CONFIRMED},
+        [("confirm", DONE, None)],
+        release_lease=release_lease,
+        writes=[_order_update(saga, order_confirmed()), outbox],
+        returning=["(SELECT id FROM a1)"],
+    )
+    return outbox_id
+
+
+def insert_saga(saga: CheckoutSaga, *, log: Sequence[LogRow]) -> bool:
+    """INSERT the saga (born holding its lease) and its first log rows as one statement; Django's field code
+    fills in the defaults and ``auto_now`` fields. False when the cart's one-active-checkout index already
+    holds another."""
+    quote = connection.ops.quote_name
+    fields = [f for f in CheckoutSaga._meta.concrete_fields if not f.primary_key]
+    params: list[Any] = [f.get_db_prep_save(f.pre_save(saga, True), connection) for f in fields]
+    log_sql, log_params = _log_rows(log, saga.created_at)
+    sql = (
+        f"WITH s AS (INSERT INTO {quote(CheckoutSaga._meta.db_table)} "  # noqa: S608 - names from _meta
+        f"({', '.join(quote(f.column) for f in fields)}) VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"RETURNING {quote('id')}), {log_sql} SELECT id FROM s"
+    )
+    try:
+        # Inside a caller's transaction (tests), a savepoint keeps a lost insert from poisoning it.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params + log_params)
+                saga.pk = cursor.fetchone()[0]
+    except IntegrityError:
+        return False
+    saga._state.adding = False
+    saga._state.db = connection.alias
+    return True
+
+
+def save_lease_taken(saga: CheckoutSaga, *, owner: str) -> bool:
+    """Take the saga's lease for ``owner`` (version-checked). False when another write came first."""
+    now = timezone.now()
+    fields = {"lease_owner": owner, "lease_expires_at": now + lease_length()}
+    if not _statement(saga, fields=fields, log=[], now=now)[0]:
+        return False
+    saga.version += 1
+    saga.lease_owner, saga.lease_expires_at = owner, fields["lease_expires_at"]
+    return True
+
+
+# --- the statement ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cte:
+    sql: str
+    params: list[Any]
+
+
+def _order_update(saga: CheckoutSaga, change: OrderChange) -> _Cte:
+    where = f" AND {change.where}" if change.where else ""
+    return _Cte(
+        f"UPDATE {connection.ops.quote_name(Order._meta.db_table)} SET {change.assignments}, updated_at = %s "  # noqa: S608
+        f"WHERE id = %s AND EXISTS (SELECT 1 FROM s){where}",
+        [*change.params, timezone.now(), saga.order_id, *change.where_params],
+    )
+
+
+def _save(
+    saga: CheckoutSaga,
+    fields: dict[str, Any],
+    log: Sequence[LogRow],
+    *,
+    release_lease: bool = False,
+    head: _Cte | None = None,
+    writes: Sequence[_Cte] = (),
+    returning: Sequence[str] = (),
+    set_sql: dict[str, str] | None = None,
+) -> list[Any]:
+    """Write, renewing the lease unless this write takes or gives it up; the in-memory saga follows."""
+    now = timezone.now()
+    if release_lease:
+        fields = {**fields, **_UNLEASED}
+    if saga.lease_owner and "lease_owner" not in fields:
+        fields = {**fields, "lease_expires_at": now + lease_length()}
+    matched, returned = _statement(
+        saga, fields=fields, log=log, now=now, head=head, writes=writes, returning=returning, set_sql=set_sql
+    )
+    if not matched:
+        raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
+    saga.version += 1
+    for name, value in fields.items():
+        setattr(saga, name, value)
+    return returned
+
+
+def _statement(
+    saga: CheckoutSaga,
+    *,
+    fields: dict[str, Any],
+    log: Sequence[LogRow],
+    now: datetime,
+    head: _Cte | None = None,
+    writes: Sequence[_Cte] = (),
+    returning: Sequence[str] = (),
+    set_sql: dict[str, str] | None = None,
+) -> tuple[bool, list[Any]]:
+    """``WITH [head,] s AS (UPDATE saga …), l AS (INSERT log rows), a0 AS (write), … SELECT matched, …``.
+
+    ``head``: CTEs ahead of the UPDATE, which may refer to them (``set_sql``: fields set to an SQL
+    expression); ``writes``: CTEs that depend on ``s``; ``returning``: SQL expressions whose values come back."""
+    quote = connection.ops.quote_name
+    sets, params = [f"{quote('version')} = {quote('version')} + 1", f"{quote('updated_at')} = %s"], [now]
+    for name, expr in (set_sql or {}).items():
+        sets.append(f"{quote(CheckoutSaga._meta.get_field(name).column)} = {expr}")
+    for name, value in fields.items():
+        field = CheckoutSaga._meta.get_field(name)
+        if field.is_relation:
+            value = getattr(value, "pk", value)
+        sets.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    prefix, prefix_params = (f"{head.sql}, ", head.params) if head else ("", [])
+    sql = (
+        f"WITH {prefix}s AS (UPDATE {quote(CheckoutSaga._meta.db_table)} SET {', '.join(sets)} "  # noqa: S608 - names from _meta
+        f"WHERE {quote('id')} = %s AND {quote('version')} = %s RETURNING {quote('id')})"
+    )
+    params = [*prefix_params, *params, saga.pk, saga.version]
+    if log:
+        log_sql, log_params = _log_rows(log, now)
+        sql += ", " + log_sql
+        params += log_params
+    for n, write in enumerate(writes):
+        sql += f", a{n} AS ({write.sql})"
+        params += write.params
+    sql += " SELECT " + ", ".join(["(SELECT count(*) FROM s)", *returning])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] == 1, list(row[1:])
+
+
+def _log_rows(rows: Sequence[LogRow], now: datetime) -> tuple[str, list[Any]]:
+    """``l AS (INSERT …)``: the log rows of the saga that CTE ``s`` returns (none when ``s`` is empty).
+    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id)."""
+    details = SagaStep._meta.get_field("details")
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    sql = (
+        f"l AS (INSERT INTO {connection.ops.quote_name(SagaStep._meta.db_table)} (saga_id, step, outcome, details, at) "
+        f"SELECT s.id, v.step, v.outcome, v.details, %s FROM s CROSS JOIN (VALUES {values}) "
+        "AS v(n, step, outcome, details) ORDER BY v.n)"
+    )
+    params: list[Any] = [now]
+    for n, (step, outcome, step_details) in enumerate(rows):
+        params += [n, step, outcome, details.get_db_prep_save(step_details or {}, connection)]
+    return sql, params
