@@ -2,9 +2,10 @@
 
 Every write carries an idempotency key derived from the order (and the attempt), so a retry after a
 timeout or a lost response repeats the same request and Stripe performs it once. stripe-python's own
-network retries reuse that key. Results come back as :class:`IntentResult` / :class:`RefundResult`; a card
-decline is a result, not an exception. Errors whose outcome is unknown raise
-:class:`PaymentTransientError` (retry later with the same key); bugs raise :class:`PaymentPermanentError`.
+network retries reuse that key. Results come back as :class:`~payments.interface.IntentResult` /
+:class:`~payments.interface.RefundResult`; a card decline is a result, not an exception. Errors whose
+outcome is unknown raise :class:`~payments.errors.PaymentTransientError` (retry later with the same key);
+bugs raise :class:`~payments.errors.PaymentPermanentError`.
 
 Each call to Stripe is recorded on the order's ``Payment`` row (a ``PaymentAttempt``) in its own short
 transaction *after* the network call: no Stripe call ever runs inside a database transaction.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import stripe
@@ -24,98 +25,14 @@ from django.conf import settings
 from django.db import connection
 from prometheus_client import Counter
 
-from cartflow.problems import DomainError
+from payments import budget
+from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
+from payments.interface import IntentResult, RefundResult
+from payments.services import payment_attempt_record
 
 log = structlog.get_logger("cartflow.payments")
 
 DEV_API_KEY = "sk_test_cartflow_emulator"
-CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
-
-
-@dataclass(frozen=True)
-class IntentResult:
-    intent_id: str
-    status: str
-    amount: int
-    currency: str
-    client_secret: str | None
-    next_action: dict | None = None
-    decline_code: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    metadata: dict = field(default_factory=dict)
-    amount_refunded: int = 0
-    disputed: bool = False
-    charge_id: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
-
-    @property
-    def declined(self) -> bool:
-        return bool(self.decline_code or self.error_code) and self.status == "requires_payment_method"
-
-    @property
-    def requires_action(self) -> bool:
-        return self.status == "requires_action"
-
-    @property
-    def canceled(self) -> bool:
-        return self.status == "canceled"
-
-    @property
-    def order_id(self) -> str | None:
-        return self.metadata.get("order_id")
-
-
-@dataclass(frozen=True)
-class RefundResult:
-    refund_id: str
-    status: str
-    amount: int
-
-
-class PaymentTransientError(DomainError):
-    """Stripe could not be reached or answered "try again": the OUTCOME IS UNKNOWN. Retry with the same key."""
-
-    code = "payment_provider_unavailable"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = 2, **kwargs: Any) -> None:
-        super().__init__(detail, retry_after=retry_after, **kwargs)
-        self.stripe_code: str | None = None
-
-
-class PaymentProviderBusy(DomainError):
-    """The shared Stripe budget had no token within the wait: NOTHING WAS SENT to Stripe, so nothing happened.
-
-    Raised before the request leaves this process; the caller keeps its state (the reservation stays held)
-    and the buyer may retry the same request after ``retry_after`` seconds.
-    """
-
-    code = "payment_provider_busy"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = 1, **kwargs: Any) -> None:
-        super().__init__(detail, retry_after=retry_after, **kwargs)
-
-
-class PaymentMethodInvalid(DomainError):
-    """Stripe refused the payment method or confirmation token itself (unknown, detached, unusable).
-
-    A client error, not a decline: the intent is left as it was and the buyer may send another method.
-    ``intent``: the PaymentIntent when the call created one before refusing what was sent, else None.
-    """
-
-    code = "payment_method_invalid"
-    intent: IntentResult | None = None
-
-
-class PaymentPermanentError(Exception):
-    """Stripe refused the request as invalid (other than the known state races): a bug, surface it."""
-
-    def __init__(self, message: str, *, stripe_code: str | None = None) -> None:
-        super().__init__(message)
-        self.stripe_code = stripe_code
 
 
 # --- the one door to Stripe: every HTTP request spends the shared budget; a 429 is retried here ---
@@ -148,8 +65,6 @@ class _BudgetedHTTPClient(stripe.RequestsClient):
         return super().request_with_retries(*args, **kwargs)
 
     def request(self, method: str, url: str, headers: Any, post_data: Any = None) -> Any:
-        from payments import budget
-
         for retry in range(RATE_LIMIT_RETRIES + 1):
             try:
                 budget.spend()
@@ -289,8 +204,6 @@ def _record(
     amount: int = 0,
     currency: str = "",
 ) -> None:
-    from payments.services import payment_attempt_record
-
     payment_attempt_record(
         order_id=order_id,
         operation=operation,
