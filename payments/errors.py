@@ -1,9 +1,9 @@
 """The errors of payments, one class per problem code of the registry in cartflow/problems.py.
 
-The gateway (payments/gateway.py) and the shared Stripe budget (payments/budget.py) raise them; the
-exception handler renders each ``DomainError`` from its code. :class:`PaymentPermanentError` is
-deliberately not a ``DomainError``: it is a bug on our side that no client can act on, so the handler
-answers ``internal_error`` and logs it.
+The gateway (payments/gateway.py) and the shared Stripe budget (payments/budget.py) raise the payment
+errors, webhook intake (payments/webhooks/intake.py) the webhook ones; the exception handler renders each
+``DomainError`` from its code. :class:`PaymentPermanentError` is deliberately not a ``DomainError``: it is
+a bug on our side that no client can act on, so the handler answers ``internal_error`` and logs it.
 """
 
 from __future__ import annotations
@@ -55,3 +55,14 @@ class PaymentPermanentError(Exception):
         super().__init__(message)
         self.stripe_code = stripe_code
 
+
+class WebhookSignatureInvalid(DomainError):
+    """The Stripe-Signature header is missing, does not match the body, or is older than the tolerance."""
+
+    code = "webhook_signature_invalid"
+
+
+class MalformedEvent(DomainError):
+    """A body that is not UTF-8, or signed but not a Stripe event carrying a ``data.object``."""
+
+    code = "malformed_event"

@@ -14,7 +14,7 @@ import pytest
 
 from payments.emulator import EmulatorServer
 from payments.emulator.webhooks import parse_enabled_events
-from payments.webhooks import HANDLED_EVENT_TYPES
+from payments.webhooks.handlers import HANDLED_EVENT_TYPES
 from tests.test_emulator_webhooks import CREATE, Receiver, client, receiver  # noqa: F401 - fixtures
 
 ALL_TYPES = ["payment_intent.created", "charge.succeeded", "payment_intent.succeeded"]

@@ -58,7 +58,8 @@ from orders.services import outbox_process_pending
 from payments.emulator.webhooks import sign
 from payments.gateway import PaymentMethodInvalid, PaymentTransientError
 from payments.hooks import NotKnownYet
-from payments.webhooks import webhook_event_process, webhook_event_receive
+from payments.webhooks.handlers import webhook_event_process
+from payments.webhooks.intake import webhook_event_receive
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

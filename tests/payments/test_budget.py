@@ -256,7 +256,7 @@ def test_webhook_processing_spends_at_background_priority(stripe_emulator, setti
     """The webhook task's re-fetch is a background call: with the bucket at the buyers' reserve it waits,
     then ends retryable (the event stays ``received``), and nothing reached Stripe."""
     from payments.models import WebhookEvent
-    from payments.webhooks import RETRYABLE, webhook_event_process
+    from payments.webhooks.handlers import RETRYABLE, webhook_event_process
 
     intent = stripe_emulator.client().v1.payment_intents.create(params={"amount": 500, "currency": "usd"}).id
     event = {

@@ -14,7 +14,7 @@ from payments.hooks import NotKnownYet, register_intent_listener, unregister_int
 from payments.models import Payment, WebhookEvent
 from payments.selectors import payment_get
 from payments.tasks import process_webhook_event
-from payments.webhooks import webhook_event_process
+from payments.webhooks.handlers import webhook_event_process
 
 URL = "/api/webhooks/stripe"
 SECRET = "whsec_test_intake"
