@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     from django.test import Client
 
     from payments.gateway import payment_intent_confirm, payment_intent_create
-    from payments.webhooks import webhook_event_process
+    from payments.webhooks.handlers import webhook_event_process
 
     call_command("migrate", verbosity=0)
     server = EmulatorServer(port=0, webhook_url=None, webhook_secret="whsec_bench").start()

@@ -185,7 +185,8 @@ class Stack:
     # --- the Stripe emulator ---
     def start_emulator(self, port: int, extra_env: dict[str, str] | None = None) -> Proc:
         """``extra_env``: the emulator's own settings (``STRIPE_EMULATOR_*``), which the servers never see."""
-        from payments.webhooks import HANDLED_EVENT_TYPES  # after django_setup: deliver only what CartFlow handles
+        # After django_setup: the emulator delivers only what CartFlow handles.
+        from payments.webhooks.handlers import HANDLED_EVENT_TYPES
 
         proc = self.spawn(
             "stripe",

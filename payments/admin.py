@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 
 from cartflow.admin import ReadOnlyAdminMixin
 from payments.models import DisputedPayment, Payment, PaymentAttempt, WebhookEvent
+from payments.reconciliation import payments_reconcile
+from payments.webhooks.handlers import webhook_event_process
 
 
 class PaymentAttemptInline(admin.TabularInline):
@@ -29,8 +31,6 @@ class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Reconcile with Stripe now")
     def reconcile_selected(self, request, queryset) -> None:  # noqa: ANN001
-        from payments.reconciliation import payments_reconcile
-
         report = payments_reconcile(payment_ids=list(queryset.values_list("pk", flat=True)))
         level = messages.WARNING if report.needs_human else messages.SUCCESS
         self.message_user(
@@ -62,8 +62,6 @@ class WebhookEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Re-process (re-fetch the PaymentIntent from Stripe and apply it)")
     def reprocess(self, request, queryset) -> None:  # noqa: ANN001
-        from payments.webhooks import webhook_event_process
-
         for event_id in queryset.values_list("event_id", flat=True):
             try:
                 event = webhook_event_process(event_id=event_id, force=True)

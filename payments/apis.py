@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cartflow.schema import problem_responses
-from payments.webhooks import webhook_event_receive
+from payments.webhooks.intake import webhook_event_receive
 
 
 class StripeWebhookReceivedSerializer(serializers.Serializer):

@@ -17,7 +17,7 @@ runs inside :func:`background`: it takes a token only while the bucket holds mor
 in Celery, where nobody watches a spinner). While buyers use the whole rate, background calls wait; while
 buyers are idle, background calls get the whole rate.
 
-A call that gets no token within its wait raises :class:`payments.gateway.PaymentProviderBusy` before
+A call that gets no token within its wait raises :class:`payments.errors.PaymentProviderBusy` before
 anything is sent: nothing happened at Stripe, and the caller keeps its state.
 
 Redis down: the budget fails open. A call whose bucket cannot be read goes to Stripe unmetered (Stripe's own
@@ -43,6 +43,8 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
+
+from payments.errors import PaymentProviderBusy
 
 log = structlog.get_logger("cartflow.payments.budget")
 
@@ -127,8 +129,6 @@ def spend() -> None:
 
     Nothing to do when ``CARTFLOW_STRIPE_RATE`` is 0 (unlimited) or Redis is down (fail open).
     """
-    from payments.gateway import PaymentProviderBusy
-
     rate = float(settings.CARTFLOW_STRIPE_RATE)
     if rate <= 0:
         return

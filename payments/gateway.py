@@ -2,21 +2,26 @@
 
 Every write carries an idempotency key derived from the order (and the attempt), so a retry after a
 timeout or a lost response repeats the same request and Stripe performs it once. stripe-python's own
-network retries reuse that key. Results come back as :class:`IntentResult` / :class:`RefundResult`; a card
-decline is a result, not an exception. Errors whose outcome is unknown raise
-:class:`PaymentTransientError` (retry later with the same key); bugs raise :class:`PaymentPermanentError`.
+network retries reuse that key. Results come back as :class:`~payments.interface.IntentResult` /
+:class:`~payments.interface.RefundResult`; a card decline is a result, not an exception. Errors whose
+outcome is unknown raise :class:`~payments.errors.PaymentTransientError` (retry later with the same key);
+bugs raise :class:`~payments.errors.PaymentPermanentError`.
 
-Each call to Stripe is recorded on the order's ``Payment`` row (a ``PaymentAttempt``) in its own short
-transaction *after* the network call: no Stripe call ever runs inside a database transaction.
+Two rules hold for every call, each written once: every HTTP request spends the shared Stripe budget and a
+429 is sent again with the same key (:class:`_BudgetedHTTPClient`, under stripe-python), and every write
+runs outside any database transaction and is recorded on the order's ``Payment`` row (a ``PaymentAttempt``)
+in its own short transaction after the network call, whatever its end (:func:`_stripe_write`).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import stripe
 import structlog
@@ -24,98 +29,14 @@ from django.conf import settings
 from django.db import connection
 from prometheus_client import Counter
 
-from cartflow.problems import DomainError
+from payments import budget
+from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
+from payments.interface import IntentResult, RefundResult
+from payments.services import payment_attempt_record
 
 log = structlog.get_logger("cartflow.payments")
 
 DEV_API_KEY = "sk_test_cartflow_emulator"
-CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
-
-
-@dataclass(frozen=True)
-class IntentResult:
-    intent_id: str
-    status: str
-    amount: int
-    currency: str
-    client_secret: str | None
-    next_action: dict | None = None
-    decline_code: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    metadata: dict = field(default_factory=dict)
-    amount_refunded: int = 0
-    disputed: bool = False
-    charge_id: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == "succeeded"
-
-    @property
-    def declined(self) -> bool:
-        return bool(self.decline_code or self.error_code) and self.status == "requires_payment_method"
-
-    @property
-    def requires_action(self) -> bool:
-        return self.status == "requires_action"
-
-    @property
-    def canceled(self) -> bool:
-        return self.status == "canceled"
-
-    @property
-    def order_id(self) -> str | None:
-        return self.metadata.get("order_id")
-
-
-@dataclass(frozen=True)
-class RefundResult:
-    refund_id: str
-    status: str
-    amount: int
-
-
-class PaymentTransientError(DomainError):
-    """Stripe could not be reached or answered "try again": the OUTCOME IS UNKNOWN. Retry with the same key."""
-
-    code = "payment_provider_unavailable"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = 2, **kwargs: Any) -> None:
-        super().__init__(detail, retry_after=retry_after, **kwargs)
-        self.stripe_code: str | None = None
-
-
-class PaymentProviderBusy(DomainError):
-    """The shared Stripe budget had no token within the wait: NOTHING WAS SENT to Stripe, so nothing happened.
-
-    Raised before the request leaves this process; the caller keeps its state (the reservation stays held)
-    and the buyer may retry the same request after ``retry_after`` seconds.
-    """
-
-    code = "payment_provider_busy"
-
-    def __init__(self, detail: str | None = None, *, retry_after: int | None = 1, **kwargs: Any) -> None:
-        super().__init__(detail, retry_after=retry_after, **kwargs)
-
-
-class PaymentMethodInvalid(DomainError):
-    """Stripe refused the payment method or confirmation token itself (unknown, detached, unusable).
-
-    A client error, not a decline: the intent is left as it was and the buyer may send another method.
-    ``intent``: the PaymentIntent when the call created one before refusing what was sent, else None.
-    """
-
-    code = "payment_method_invalid"
-    intent: IntentResult | None = None
-
-
-class PaymentPermanentError(Exception):
-    """Stripe refused the request as invalid (other than the known state races): a bug, surface it."""
-
-    def __init__(self, message: str, *, stripe_code: str | None = None) -> None:
-        super().__init__(message)
-        self.stripe_code = stripe_code
 
 
 # --- the one door to Stripe: every HTTP request spends the shared budget; a 429 is retried here ---
@@ -148,8 +69,6 @@ class _BudgetedHTTPClient(stripe.RequestsClient):
         return super().request_with_retries(*args, **kwargs)
 
     def request(self, method: str, url: str, headers: Any, post_data: Any = None) -> Any:
-        from payments import budget
-
         for retry in range(RATE_LIMIT_RETRIES + 1):
             try:
                 budget.spend()
@@ -278,29 +197,79 @@ def _retrieve(intent_id: str) -> IntentResult:
     return _to_result(pi)
 
 
-def _record(
-    *,
-    order_id: str,
-    operation: str,
-    key: str,
-    intent: IntentResult | None = None,
-    error: Exception | None = None,
-    checkout_id: str = "",
-    amount: int = 0,
-    currency: str = "",
-) -> None:
-    from payments.services import payment_attempt_record
+# --- the rule every write obeys: outside a transaction, under its key, recorded whatever its end ---
 
-    payment_attempt_record(
-        order_id=order_id,
-        operation=operation,
-        idempotency_key=key,
-        intent=intent,
-        error=error,
-        checkout_id=checkout_id,
-        amount=amount,
-        currency=currency,
-    )
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class _Call:
+    """One write to Stripe for an order: its idempotency key and what its PaymentAttempt records."""
+
+    order_id: str
+    operation: str
+    key: str
+    checkout_id: str = ""
+    amount: int = 0
+    currency: str = ""
+    # What the call learnt about the PaymentIntent when its result is something else (a refund).
+    intent: IntentResult | None = None
+
+    def record(self, *, intent: IntentResult | None = None, error: Exception | None = None) -> None:
+        payment_attempt_record(
+            order_id=self.order_id,
+            operation=self.operation,
+            idempotency_key=self.key,
+            intent=intent,
+            error=error,
+            checkout_id=self.checkout_id,
+            amount=self.amount,
+            currency=self.currency,
+        )
+
+
+def _stripe_write(
+    operation: str, *, key: str, creates: bool = False
+) -> Callable[[Callable[Concatenate[_Call, P], R]], Callable[P, R]]:
+    """Run the decorated write the way every write to Stripe runs.
+
+    Never inside a database transaction (RuntimeError: a bug). The body gets its :class:`_Call`, whose
+    idempotency key is ``key`` formatted with the call's arguments, so a retry repeats the same request.
+    After it, the attempt is recorded whatever the end: the PaymentIntent returned (or ``call.intent``); a
+    refused payment method (:class:`PaymentMethodInvalid`, with the intent it still created, if any); or a
+    Stripe error, which leaves as ours (:func:`_classify`). A write that ``creates`` the PaymentIntent
+    records the order's checkout, amount and currency too, so the Payment row has them even when Stripe's
+    answer is lost.
+    """
+
+    def decorate(fn: Callable[Concatenate[_Call, P], R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            _assert_no_transaction()
+            given: dict[str, Any] = kwargs
+            call = _Call(order_id=given["order_id"], operation=operation, key=key.format(**given))
+            if creates:
+                call.checkout_id, call.amount = given["checkout_id"], given["amount"]
+                call.currency = given["currency"].lower()
+            try:
+                result = fn(call, *args, **kwargs)
+            except stripe.StripeError as exc:
+                err = _classify(exc)
+                call.record(error=err)
+                raise err from exc
+            except PaymentMethodInvalid as err:
+                if err.intent is not None:
+                    call.record(intent=err.intent)
+                else:
+                    call.record(error=err)
+                raise
+            call.record(intent=result if isinstance(result, IntentResult) else call.intent)
+            return result
+
+        return run
+
+    return decorate
 
 
 # --- the operations ---
@@ -319,26 +288,18 @@ def _intent_params(*, order_id: str, checkout_id: str, amount: int, currency: st
     return params
 
 
+@_stripe_write("create", key="cf:{order_id}:pi-create", creates=True)
 def payment_intent_create(
-    *, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None = None
+    call: _Call, *, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None = None
 ) -> IntentResult:
     """The one PaymentIntent of an order: card only, metadata links it back to the order and the checkout."""
-    _assert_no_transaction()
-    key = f"cf:{order_id}:pi-create"
     params = _intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email)
-    recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
-    try:
-        pi = _client().v1.payment_intents.create(params=params, options={"idempotency_key": key})
-    except stripe.StripeError as exc:
-        err = _classify(exc)
-        _record(order_id=order_id, operation="create", key=key, error=err, **recorded)
-        raise err from exc
-    result = _to_result(pi)
-    _record(order_id=order_id, operation="create", key=key, intent=result, **recorded)
-    return result
+    return _to_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
 
 
+@_stripe_write("create_confirm", key="cf:{order_id}:pi-create-confirm:{attempt}", creates=True)
 def payment_intent_create_and_confirm(
+    call: _Call,
     *,
     order_id: str,
     checkout_id: str,
@@ -356,46 +317,33 @@ def payment_intent_create_and_confirm(
     a result (the intent exists, ``requires_payment_method``); a payment method or confirmation token that
     Stripe refuses raises :class:`PaymentMethodInvalid` (no intent is created for it).
     """
-    _assert_no_transaction()
-    key = f"cf:{order_id}:pi-create-confirm:{attempt}"
     params = {
         **_intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email),
         "confirm": True,
         **_method_params(payment_method, confirmation_token),
     }
-    recorded = {"checkout_id": checkout_id, "amount": amount, "currency": currency.lower()}
-    operation = "create_confirm"
     try:
-        pi = _client().v1.payment_intents.create(params=params, options={"idempotency_key": key})
-        result = _to_result(pi)
+        return _to_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
     except stripe.CardError as exc:
         embedded = getattr(exc.error, "payment_intent", None)
         if not embedded:
-            raise _fail(order_id, operation, key, exc) from exc
-        result = _declined(_to_result(embedded), exc)
+            raise
+        return _declined(_to_result(embedded), exc)
     except stripe.InvalidRequestError as exc:
-        embedded = getattr(exc.error, "payment_intent", None)
         if _method_refused(exc):
-            raise _method_invalid(order_id, operation, key, exc, recorded) from exc
-        if embedded and _code(exc) == "payment_intent_unexpected_state":
-            # Created, but the confirm could not use what was sent: the intent is the answer.
-            result = _to_result(embedded)
-            _record(order_id=order_id, operation=operation, key=key, intent=result, **recorded)
-            err = PaymentMethodInvalid(exc.user_message or str(exc))
-            err.intent = result
-            raise err from exc
-        err = _classify(exc)
-        _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
+            raise _method_invalid(exc) from exc
+        embedded = getattr(exc.error, "payment_intent", None)
+        if not embedded or _code(exc) != "payment_intent_unexpected_state":
+            raise
+        # Created, but the confirm could not use what was sent: the intent is the answer.
+        err = PaymentMethodInvalid(exc.user_message or str(exc))
+        err.intent = _to_result(embedded)
         raise err from exc
-    except stripe.StripeError as exc:
-        err = _classify(exc)
-        _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
-        raise err from exc
-    _record(order_id=order_id, operation=operation, key=key, intent=result, **recorded)
-    return result
 
 
+@_stripe_write("confirm", key="cf:{order_id}:confirm:{attempt}")
 def payment_intent_confirm(
+    call: _Call,
     *,
     order_id: str,
     intent_id: str,
@@ -407,32 +355,25 @@ def payment_intent_confirm(
 
     A decline comes back as a result with ``decline_code``/``error_code``; a refused payment method or
     confirmation token raises :class:`PaymentMethodInvalid` (the intent is left as it was)."""
-    _assert_no_transaction()
-    key = f"cf:{order_id}:confirm:{attempt}"
+    params = _method_params(payment_method, confirmation_token)
     try:
-        pi = _client().v1.payment_intents.confirm(
-            intent_id,
-            params=_method_params(payment_method, confirmation_token),
-            options={"idempotency_key": key},
-        )
-        result = _to_result(pi)
+        pi = _client().v1.payment_intents.confirm(intent_id, params=params, options={"idempotency_key": call.key})
+        return _to_result(pi)
     except stripe.CardError as exc:
-        result = _declined(_state_after_error(order_id, "confirm", key, exc, intent_id), exc)
+        return _declined(_retrieve(intent_id), exc)  # the re-read PaymentIntent is the real answer
     except stripe.InvalidRequestError as exc:
         if _method_refused(exc):
-            raise _method_invalid(order_id, "confirm", key, exc, {}) from exc
+            raise _method_invalid(exc) from exc
         if _code(exc) != "payment_intent_unexpected_state":
-            raise _fail(order_id, "confirm", key, exc) from exc
+            raise
         # Already succeeded (an earlier attempt went through) or canceled: the real state is the answer.
-        result = _state_after_error(order_id, "confirm", key, exc, intent_id)
-    except stripe.StripeError as exc:
-        raise _fail(order_id, "confirm", key, exc) from exc
-    _record(order_id=order_id, operation="confirm", key=key, intent=result)
-    return result
+        return _retrieve(intent_id)
 
 
 def payment_intent_retrieve(*, intent_id: str) -> IntentResult:
-    """The PaymentIntent as Stripe has it now (with its latest charge's refunds and dispute flag)."""
+    """The PaymentIntent as Stripe has it now (with its latest charge's refunds and dispute flag).
+
+    A read: outside a transaction like every call, but recorded on no order."""
     _assert_no_transaction()
     try:
         return _retrieve(intent_id)
@@ -440,44 +381,34 @@ def payment_intent_retrieve(*, intent_id: str) -> IntentResult:
         raise _classify(exc) from exc
 
 
-def payment_intent_cancel(*, order_id: str, intent_id: str) -> IntentResult:
+@_stripe_write("cancel", key="cf:{order_id}:cancel")
+def payment_intent_cancel(call: _Call, *, order_id: str, intent_id: str) -> IntentResult:
     """Cancel; already canceled → that state; succeeded (cannot cancel) → the succeeded PI (caller refunds)."""
-    _assert_no_transaction()
-    key = f"cf:{order_id}:cancel"
     try:
-        pi = _client().v1.payment_intents.cancel(intent_id, options={"idempotency_key": key})
-        result = _to_result(pi)
+        return _to_result(_client().v1.payment_intents.cancel(intent_id, options={"idempotency_key": call.key}))
     except stripe.InvalidRequestError as exc:
         if _code(exc) != "payment_intent_unexpected_state":
-            raise _fail(order_id, "cancel", key, exc) from exc
-        result = _state_after_error(order_id, "cancel", key, exc, intent_id)
-    except stripe.StripeError as exc:
-        raise _fail(order_id, "cancel", key, exc) from exc
-    _record(order_id=order_id, operation="cancel", key=key, intent=result)
-    return result
+            raise
+        return _retrieve(intent_id)  # a state race: the re-read PaymentIntent is the real answer
 
 
-def refund_create(*, order_id: str, intent_id: str, amount: int | None = None) -> RefundResult:
+@_stripe_write("refund", key="cf:{order_id}:refund")
+def refund_create(call: _Call, *, order_id: str, intent_id: str, amount: int | None = None) -> RefundResult:
     """Refund the order's charge (all of it by default). Already fully refunded → the existing refund."""
-    _assert_no_transaction()
-    key = f"cf:{order_id}:refund"
     params: dict[str, Any] = {"payment_intent": intent_id}
     if amount is not None:
         params["amount"] = amount
     try:
-        refund = _client().v1.refunds.create(params=params, options={"idempotency_key": key})
+        refund = _client().v1.refunds.create(params=params, options={"idempotency_key": call.key})
     except stripe.InvalidRequestError as exc:
         if _code(exc) != "charge_already_refunded":
-            raise _fail(order_id, "refund", key, exc) from exc
-        refund = _existing_refund(order_id, intent_id, key, exc)
-    except stripe.StripeError as exc:
-        raise _fail(order_id, "refund", key, exc) from exc
+            raise
+        refund = _existing_refund(intent_id, exc)
     result = RefundResult(refund_id=refund.id, status=refund.status, amount=int(refund.amount))
     try:
-        intent = _retrieve(intent_id)
+        call.intent = _retrieve(intent_id)  # recorded with the attempt: the refunded amount as Stripe has it
     except stripe.StripeError:
-        intent = None  # the refund happened; the next sync (webhook charge.refunded, reconcile) records it
-    _record(order_id=order_id, operation="refund", key=key, intent=intent)
+        pass  # the refund happened; the next sync (webhook charge.refunded, reconcile) records it
     return result
 
 
@@ -502,12 +433,8 @@ def _method_refused(exc: stripe.InvalidRequestError) -> bool:
     return any(param == name or param.startswith(name + "[") for name in _METHOD_PARAMS)
 
 
-def _method_invalid(
-    order_id: str, operation: str, key: str, exc: stripe.StripeError, recorded: dict[str, Any]
-) -> PaymentMethodInvalid:
-    err = PaymentMethodInvalid(exc.user_message or str(exc) or "The payment method cannot be used.")
-    _record(order_id=order_id, operation=operation, key=key, error=err, **recorded)
-    return err
+def _method_invalid(exc: stripe.StripeError) -> PaymentMethodInvalid:
+    return PaymentMethodInvalid(exc.user_message or str(exc) or "The payment method cannot be used.")
 
 
 def _declined(intent: IntentResult, exc: stripe.CardError) -> IntentResult:
@@ -520,28 +447,10 @@ def _declined(intent: IntentResult, exc: stripe.CardError) -> IntentResult:
     )
 
 
-def _fail(order_id: str, operation: str, key: str, exc: stripe.StripeError) -> Exception:
-    err = _classify(exc)
-    _record(order_id=order_id, operation=operation, key=key, error=err)
-    return err
-
-
-def _state_after_error(
-    order_id: str, operation: str, key: str, exc: stripe.StripeError, intent_id: str
-) -> IntentResult:
-    """A decline or a state race: re-read the PaymentIntent, which is the real answer."""
-    try:
-        return _retrieve(intent_id)
-    except stripe.StripeError as again:
-        raise _fail(order_id, operation, key, again) from exc
-
-
-def _existing_refund(order_id: str, intent_id: str, key: str, exc: stripe.StripeError) -> Any:
-    try:
-        refunds = _client().v1.refunds.list(params={"payment_intent": intent_id, "limit": 10})
-    except stripe.StripeError as again:
-        raise _fail(order_id, "refund", key, again) from exc
+def _existing_refund(intent_id: str, exc: stripe.StripeError) -> Any:
+    """The refund that already emptied the charge (ours, or one made in the dashboard); else ``exc`` again."""
+    refunds = _client().v1.refunds.list(params={"payment_intent": intent_id, "limit": 10})
     succeeded = [r for r in refunds.data if r.status in ("succeeded", "pending")]
     if not succeeded:
-        raise _fail(order_id, "refund", key, exc) from exc
+        raise exc
     return succeeded[0]

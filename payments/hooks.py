@@ -7,12 +7,10 @@ every listener with the PaymentIntent as re-fetched from Stripe and where the ne
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from payments.gateway import IntentResult
+from payments.interface import IntentResult
 
-IntentListener = Callable[["IntentResult", str], None]
+IntentListener = Callable[[IntentResult, str], None]
 _LISTENERS: list[IntentListener] = []
 # (intent id, status) -> True when the listener's side already reflects that PaymentIntent at that status
 # and a notification would change nothing. Registered beside the listener (``settled=``).

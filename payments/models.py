@@ -1,6 +1,6 @@
 """Payment state as CartFlow last saw it in Stripe, every call we made, and every webhook event received.
 
-Rows change only through payments/services.py and payments/webhooks.py. Stripe stays the source of truth:
+Rows change only through payments/services.py and payments/webhooks/. Stripe stays the source of truth:
 handlers and reconciliation re-fetch the PaymentIntent and sync these rows from it.
 """
 

@@ -21,17 +21,10 @@ from datetime import datetime
 import structlog
 
 from payments import budget as stripe_budget
-from payments.gateway import (
-    CANCELABLE,
-    IntentResult,
-    PaymentPermanentError,
-    PaymentProviderBusy,
-    PaymentTransientError,
-    payment_intent_cancel,
-    payment_intent_retrieve,
-    refund_create,
-)
+from payments.errors import PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
+from payments.gateway import payment_intent_cancel, payment_intent_retrieve, refund_create
 from payments.hooks import intent_listeners_notify
+from payments.interface import CANCELABLE, IntentResult
 from payments.models import Payment
 from payments.selectors import payments_to_reconcile
 from payments.services import payment_sync_from_intent

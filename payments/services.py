@@ -7,17 +7,14 @@ Reconciliation, which has just read Stripe, may force the row to Stripe's state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from django.db import connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from payments.errors import PaymentTransientError
+from payments.interface import IntentResult
 from payments.models import TERMINAL_INTENT_STATUSES, Payment, PaymentAttempt
-
-if TYPE_CHECKING:
-    from payments.gateway import IntentResult
 
 
 def _apply_intent(*, payment_id: int, intent: IntentResult, force: bool = False) -> None:
@@ -79,8 +76,6 @@ def payment_attempt_record(
     left for another, ``amount_refunded`` only grows, ``disputed`` only gets set), and insert the
     attempt for the row it returns. It replaced a get_or_create + three UPDATEs + an INSERT (7 statements).
     """
-    from payments.gateway import PaymentTransientError
-
     if error is not None:
         outcome = "transient" if isinstance(error, PaymentTransientError) else "permanent"
         error_code = getattr(error, "stripe_code", None) or error.__class__.__name__

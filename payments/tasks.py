@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import structlog
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from payments.models import WebhookEvent
-from payments.webhooks import RETRYABLE, webhook_event_park, webhook_event_process
+from payments.reconciliation import payments_reconcile
+from payments.webhooks.handlers import RETRYABLE, webhook_event_park, webhook_event_process
 
 log = structlog.get_logger("cartflow.payments.tasks")
 
@@ -37,12 +40,6 @@ def process_webhook_event(self, event_id: str) -> str:  # noqa: ANN001 - Celery'
 @shared_task(acks_late=True, ignore_result=True)
 def reconcile_payments_task(since_hours: float = 25.0) -> dict:
     """Hourly (django-celery-beat): compare recent payments with Stripe and repair drift."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from payments.reconciliation import payments_reconcile
-
     report = payments_reconcile(since=timezone.now() - timedelta(hours=since_hours))
     summary = report.summary()
     if report.needs_human:

@@ -52,7 +52,7 @@ export CARTFLOW_BIND="127.0.0.1:${PORT:-8000}"
 export WEB_CONCURRENCY="${WEB_CONCURRENCY:-2}"
 export GUNICORN_THREADS="${GUNICORN_THREADS:-8}"
 export CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-2}"
-# The emulator delivers only the event types CartFlow handles (payments/webhooks.py HANDLED_EVENT_TYPES).
+# The emulator delivers only the event types CartFlow handles (payments/webhooks/handlers.py HANDLED_EVENT_TYPES).
 if [ -z "${STRIPE_WEBHOOK_EVENTS:-}" ]; then STRIPE_WEBHOOK_EVENTS="$("$PY" manage.py stripe_webhook_events)"; fi
 export STRIPE_WEBHOOK_EVENTS
 echo "==> serving http://${CARTFLOW_BIND} (Ctrl-C stops everything)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from payments.gateway import IntentResult
+from payments.interface import IntentResult
 
 
 class IntentOutcome(Enum):

@@ -18,8 +18,8 @@ from orders.saga.intent_outcome import IntentOutcome, intent_outcome, status_out
 from orders.saga.lease import driving
 from orders.saga.persistence import ABOUT_TO, INDETERMINATE, order_records_intent, save
 from orders.saga.steps import pending
-from payments.gateway import IntentResult
 from payments.hooks import NotKnownYet
+from payments.interface import IntentResult
 
 log = structlog.get_logger("cartflow.checkout")
 S = CheckoutSaga.State

@@ -26,12 +26,8 @@ from orders.saga.persistence import (
     save_outcome,
 )
 from orders.saga.steps import CompensationRequired, about_to, announce, done, pending
+from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
 from payments.gateway import (
-    IntentResult,
-    PaymentMethodInvalid,
-    PaymentPermanentError,
-    PaymentProviderBusy,
-    PaymentTransientError,
     payment_intent_cancel,
     payment_intent_confirm,
     payment_intent_create,
@@ -39,6 +35,7 @@ from payments.gateway import (
     payment_intent_retrieve,
     refund_create,
 )
+from payments.interface import IntentResult
 
 S = CheckoutSaga.State
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from orders.errors import CheckoutInProgress
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
-from payments.gateway import IntentResult
+from payments.interface import IntentResult
 
 ABOUT_TO, DONE, INDETERMINATE, FAILED = "about_to", "done", "indeterminate", "failed"
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from inventory.models import Product, Reservation, Stock
 from orders.models import CheckoutSaga, Order, Outbox
 from payments.models import WebhookEvent
-from payments.webhooks import HANDLED_EVENT_TYPES
+from payments.webhooks.handlers import HANDLED_EVENT_TYPES
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 

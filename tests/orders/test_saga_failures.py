@@ -17,7 +17,8 @@ from orders.saga.crashpoints import SimulatedCrash, crash_points
 from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.saga.listeners import saga_keeps_hold, saga_on_reservation_expired, saga_settled_for_intent
 from orders.services import outbox_process_pending
-from payments.gateway import PaymentTransientError, payment_intent_retrieve
+from payments.errors import PaymentTransientError
+from payments.gateway import payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
 from tests.support.saga import (
     charges,

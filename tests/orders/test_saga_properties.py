@@ -56,9 +56,10 @@ from orders.errors import (
 from orders.models import CheckoutSaga, Order
 from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.services import outbox_process_pending
-from payments.gateway import PaymentMethodInvalid, PaymentTransientError
+from payments.errors import PaymentMethodInvalid, PaymentTransientError
 from payments.hooks import NotKnownYet
-from payments.webhooks import webhook_event_process, webhook_event_receive
+from payments.webhooks.handlers import webhook_event_process
+from payments.webhooks.intake import webhook_event_receive
 from stripe_emulator.webhooks import sign
 
 pytestmark = pytest.mark.django_db(transaction=True)

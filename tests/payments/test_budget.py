@@ -23,12 +23,8 @@ from rest_framework.test import APIClient
 
 from orders.models import CheckoutSaga
 from payments import budget as stripe_budget
-from payments.gateway import (
-    PaymentProviderBusy,
-    payment_intent_confirm,
-    payment_intent_create,
-    payment_intent_create_and_confirm,
-)
+from payments.errors import PaymentProviderBusy
+from payments.gateway import payment_intent_confirm, payment_intent_create, payment_intent_create_and_confirm
 from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -188,7 +184,7 @@ def test_a_busy_confirm_is_503_with_retry_after_nothing_charged_and_the_hold_kep
 def test_no_token_for_a_retry_after_an_unanswered_request_is_transient_not_busy(stripe_emulator, settings):
     """Once a request of the call went out unanswered (a 500 that stripe-python retries), "nothing was sent"
     no longer holds: running out of budget then is PaymentTransientError (outcome unknown), not busy."""
-    from payments.gateway import PaymentTransientError
+    from payments.errors import PaymentTransientError
 
     settings.STRIPE_MAX_NETWORK_RETRIES = 2
     settings.CARTFLOW_STRIPE_RATE = 0.2
@@ -260,7 +256,7 @@ def test_webhook_processing_spends_at_background_priority(stripe_emulator, setti
     """The webhook task's re-fetch is a background call: with the bucket at the buyers' reserve it waits,
     then ends retryable (the event stays ``received``), and nothing reached Stripe."""
     from payments.models import WebhookEvent
-    from payments.webhooks import RETRYABLE, webhook_event_process
+    from payments.webhooks.handlers import RETRYABLE, webhook_event_process
 
     intent = stripe_emulator.client().v1.payment_intents.create(params={"amount": 500, "currency": "usd"}).id
     event = {

@@ -13,10 +13,8 @@ import pytest
 import stripe
 from django.db import connection, transaction
 
+from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentTransientError
 from payments.gateway import (
-    PaymentMethodInvalid,
-    PaymentPermanentError,
-    PaymentTransientError,
     payment_intent_cancel,
     payment_intent_confirm,
     payment_intent_create,

@@ -6,7 +6,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from payments.gateway import IntentResult, PaymentTransientError
+from payments.errors import PaymentTransientError
+from payments.interface import IntentResult
 from payments.models import Payment, PaymentAttempt
 from payments.services import payment_attempt_record, payment_mark_order_cancelled
 

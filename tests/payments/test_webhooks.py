@@ -13,7 +13,7 @@ from payments.hooks import NotKnownYet, register_intent_listener, unregister_int
 from payments.models import Payment, WebhookEvent
 from payments.selectors import payment_get
 from payments.tasks import process_webhook_event
-from payments.webhooks import HANDLED_EVENT_TYPES, webhook_event_process
+from payments.webhooks.handlers import HANDLED_EVENT_TYPES, webhook_event_process
 from stripe_emulator import sign
 
 URL = "/api/webhooks/stripe"

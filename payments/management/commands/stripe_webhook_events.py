@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from payments.webhooks import HANDLED_EVENT_TYPES
+from payments.webhooks.handlers import HANDLED_EVENT_TYPES
 
 
 class Command(BaseCommand):

@@ -1,74 +1,34 @@
-"""Stripe webhooks: verify and store once (intake), then process in a Celery task (handlers).
+"""Webhook handlers: apply one stored Stripe event, routed by its type through :data:`HANDLERS`.
 
-Intake never trusts an unsigned body and stores nothing it could not verify. Handlers never trust the
-event's payload either: each re-fetches the PaymentIntent from Stripe, syncs the Payment row from it and
-tells the listeners (payments/hooks.py). Replaying any event, any number of times, in any order, converges
-on Stripe's current state.
+The task (payments/tasks.py) calls :func:`webhook_event_process` for each event intake stored
+(payments/webhooks/intake.py). A handler never trusts the payload: it re-fetches the PaymentIntent from
+Stripe, syncs the Payment row and tells the listeners (payments/hooks.py). Unknown types are ``ignored``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-import stripe
 import structlog
-from django.conf import settings
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from cartflow.problems import DomainError
 from payments import budget as stripe_budget
-from payments.gateway import IntentResult, PaymentProviderBusy, PaymentTransientError, payment_intent_retrieve
+from payments.errors import PaymentProviderBusy, PaymentTransientError
+from payments.gateway import payment_intent_retrieve
 from payments.hooks import NotKnownYet, intent_listeners_notify, intent_listeners_settled
+from payments.interface import IntentResult
 from payments.models import Payment, WebhookEvent
 from payments.services import payment_sync_from_intent
 
 log = structlog.get_logger("cartflow.payments.webhooks")
 
 
-# --- intake ---
-
-
-def _secrets() -> list[str]:
-    return [s.strip() for s in settings.STRIPE_WEBHOOK_SECRET.split(",") if s.strip()]
-
-
-def webhook_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:
-    """The event as a dict, if ``signature`` matches one of the configured secrets within the tolerance.
-
-    Raises DomainError ``webhook_signature_invalid`` or ``malformed_event``.
-    """
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DomainError("The body is not UTF-8 text.", code="malformed_event") from None
-    if not signature:
-        raise DomainError("The Stripe-Signature header is missing.", code="webhook_signature_invalid")
-    for secret in _secrets():  # several during a rotation
-        try:
-            event = stripe.Webhook.construct_event(text, signature, secret, settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS)
-        except stripe.SignatureVerificationError:
-            continue
-        except Exception:  # signed, but not JSON or not an object
-            raise DomainError("The body is not a Stripe event.", code="malformed_event") from None
-        break
-    else:
-        raise DomainError(
-            "The Stripe-Signature header does not match the body, or its timestamp is too old.",
-            code="webhook_signature_invalid",
-        )
-    data = event.to_dict()
-    if data.get("object") != "event" or not data.get("id") or not data.get("type"):
-        raise DomainError("The body is not a Stripe event.", code="malformed_event")
-    if not isinstance((data.get("data") or {}).get("object"), dict):
-        raise DomainError("The event carries no data.object.", code="malformed_event")
-    return data
-
-
-def _intent_id_in(event: dict[str, Any]) -> str:
+def event_intent_id(event: dict[str, Any]) -> str:
+    """The PaymentIntent an event is about: its object, or the one its charge or dispute names ("" if none)."""
     obj = event["data"]["object"]
     if obj.get("object") == "payment_intent":
         return obj.get("id") or ""
@@ -76,28 +36,6 @@ def _intent_id_in(event: dict[str, Any]) -> str:
     if isinstance(pi, dict):
         return pi.get("id") or ""
     return pi or ""
-
-
-def webhook_event_receive(*, payload: bytes, signature: str | None) -> WebhookEvent:
-    """Verify, store once by event id, and enqueue processing after commit. Duplicates change nothing."""
-    event = webhook_verify(payload=payload, signature=signature)
-    from payments.tasks import process_webhook_event
-
-    with transaction.atomic():
-        stored, created = WebhookEvent.objects.get_or_create(
-            event_id=event["id"],
-            defaults={
-                "type": event["type"],
-                "payload": payload.decode("utf-8"),
-                "intent_id": _intent_id_in(event),
-            },
-        )
-        if created or stored.status in (WebhookEvent.RECEIVED, WebhookEvent.PARKED):
-            # A redelivery of an event still pending (or parked) is a good moment to try it again.
-            event_id = stored.event_id
-            transaction.on_commit(lambda: process_webhook_event.delay(event_id))
-    log.info("webhook_received", event_id=stored.event_id, type=stored.type, duplicate=not created)
-    return stored
 
 
 # --- handlers: a table from event type to what to do ---
@@ -118,7 +56,7 @@ def _already_reflected(event: dict[str, Any], intent_id: str) -> bool:
 
 
 def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False) -> None:
-    intent_id = _intent_id_in(event)
+    intent_id = event_intent_id(event)
     if not intent_id:
         raise LookupError(f"{event['type']} carries no PaymentIntent")
     if not dispute and _already_reflected(event, intent_id):
@@ -134,8 +72,6 @@ def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False) -> None:
 
 
 def _with_dispute(intent: IntentResult) -> IntentResult:
-    from dataclasses import replace
-
     # The event is signed, so a dispute was opened; the flag stays for staff until they act in Stripe.
     return replace(intent, disputed=True)
 
