@@ -47,10 +47,10 @@ Rules every step follows:
   have reached Stripe (``create_payment_intent`` or a first ``charge`` not settled), nothing creates
   another; the same create is replayed with the same idempotency key (and, for a create-and-confirm, the
   same ``charge_params``), which returns the intent the first one made.
-- :class:`~payments.gateway.PaymentProviderBusy` (the shared Stripe budget had no token) means nothing
+- :class:`~payments.errors.PaymentProviderBusy` (the shared Stripe budget had no token) means nothing
   was sent: the step is marked failed with no decline and no compensation, the checkout stays open.
 - Compensation runs in reverse order and every undo is safe to run twice; before refunding it re-reads
-  the saga in case another attempt already completed the order (Medusa #13301).
+  the saga in case another attempt already completed the order.
 - A crash leaves the lease to lapse; ``recover_sagas`` (``saga_recover``) resumes from what was
   persisted: it re-runs idempotent steps, asks Stripe for the truth, then finishes or compensates.
 """
