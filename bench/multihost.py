@@ -106,8 +106,8 @@ def haproxy_config(*, port: int, servers: dict[str, str], stats_socket: Path) ->
     balancer (the client's retry with its Idempotency-Key is the safe replay).
 
     A dead server refuses the check's connection at once, so it is out within about a second; a busy one
-    answers /readyz late, so the check waits up to 3 s: with HAProxy's default (the 500 ms interval) every
-    server of a saturated pool was marked DOWN in turn and the balancer answered 503 to the whole rush."""
+    answers /readyz late, so the check waits up to 3 s: with HAProxy's default (the 500 ms interval) the
+    servers of a saturated pool are marked DOWN in turn and the balancer answers 503 to the whole rush."""
     lines = [
         "global",
         "    maxconn 4096",
@@ -708,7 +708,8 @@ def main(argv: list[str]) -> int:
         rush = Rush(stack.web_url, product_ids, args.clients, args.seconds)
         load = threading.Thread(target=rush.run, daemon=True)
         load.start()
-        time.sleep(max(0.0, args.kill_at - 0.5))
+        load_started = time.monotonic()
+        time.sleep(max(0.0, load_started + args.kill_at - time.monotonic()))
         before = haproxy_stats(stats_socket)
         facts["served_before_kill"] = {n: int(before[f"web/{n}"]["stot"]) for n in urls}
         victim = stack.procs["web-a"]
