@@ -2,7 +2,7 @@
 # CartFlow image: one image for the api, the Celery worker and beat (docker-compose.yml picks the command).
 
 # --- build: install the locked dependencies into a virtualenv -------------------------------------------
-FROM python:3.11-slim-bookworm AS build
+FROM python:3.11.10-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 COPY requirements.lock /tmp/requirements.lock
@@ -10,7 +10,7 @@ COPY requirements.lock /tmp/requirements.lock
 RUN /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.lock
 
 # --- runtime: the venv, the code, a non-root user ---------------------------------------------------------
-FROM python:3.11-slim-bookworm AS runtime
+FROM python:3.11.10-slim-bookworm AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 
-.PHONY: install run test lint bench chaos clean
+.PHONY: install run test lint bench chaos multihost clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ bench: install
 
 chaos: install
 	$(BIN)/python -m bench chaos $(CHAOS_ARGS)
+
+# Two web servers behind HAProxy, two Celery workers on RabbitMQ, one beat, a checkout rush and a killed server
+# (needs `apt-get install -y haproxy rabbitmq-server`; bench/multihost.py says what is missing).
+multihost: install
+	$(BIN)/python -m bench multihost $(MULTIHOST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

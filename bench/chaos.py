@@ -184,7 +184,7 @@ class Buyers:
                 self.outcomes[f"{path.rsplit('/', 1)[1]}:{type(exc).__name__}"] += 1
             else:
                 code = response.status_code
-                last = Told(code, _detail(response), time.monotonic())
+                last = Told(code, answer_detail(response), time.monotonic())
                 if code < 400 or code not in TRANSIENT and code != 409:
                     return response, last
                 problem = last.detail if not last.detail.isdigit() else ""
@@ -202,7 +202,7 @@ class Buyers:
                 http, "/api/checkout/start", {}, {**headers, "Idempotency-Key": uuid.uuid4().hex}
             )
             if start is None or start.status_code not in (200, 201):
-                self.outcomes["start:" + (_detail(start) if start is not None else "gave_up")] += 1
+                self.outcomes["start:" + (answer_detail(start) if start is not None else "gave_up")] += 1
                 continue
             checkout_id = start.json()["checkoutId"]
             self.told[checkout_id] = Told(start.status_code, "started", time.monotonic(), token)
@@ -227,7 +227,7 @@ class Buyers:
         asyncio.run(self._run())
 
 
-def _detail(response: httpx.Response) -> str:
+def answer_detail(response: httpx.Response) -> str:
     """The body's checkout ``status`` for a success, its problem ``code`` for an error, else the HTTP code."""
     try:
         data = response.json()
@@ -377,7 +377,7 @@ def verdict(facts: dict[str, Any], *, min_progress: int) -> list[Check]:
 # --- the findings -------------------------------------------------------------------------------------------
 
 
-def _emulator_intents(stripe_url: str) -> list[dict[str, Any]]:
+def emulator_intents(stripe_url: str) -> list[dict[str, Any]]:
     headers = {"Authorization": "Bearer sk_test_chaos"}
     intents: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 100}
@@ -398,7 +398,9 @@ def _refunded_intents(stripe_url: str) -> set[str]:
     }
 
 
-def _findings(stack: st.Stack, initial_stock: int, product_ids: list[int]) -> dict[str, Any]:
+def findings(stack: st.Stack, initial_stock: int, product_ids: list[int]) -> dict[str, Any]:
+    """Where the money and the stock ended, as the database, the management commands and the emulator tell it
+    (also bench/multihost.py's): sagas, invariants, oversold units, intents per order, each checkout's end."""
     from django.db.models import Count, Sum
 
     from inventory.models import Stock
@@ -422,7 +424,7 @@ def _findings(stack: st.Stack, initial_stock: int, product_ids: list[int]) -> di
         if row.reserved > row.on_hand or row.on_hand < 0:
             oversold[row.product_id] = {"on_hand": row.on_hand, "reserved": row.reserved}
     found["oversold"] = oversold
-    intents = _emulator_intents(stack.stripe_url)
+    intents = emulator_intents(stack.stripe_url)
     refunded = _refunded_intents(stack.stripe_url)
     per_order: dict[str, list[dict[str, Any]]] = {}
     for pi in intents:
@@ -734,7 +736,7 @@ def main(argv: list[str]) -> int:
         if ckill["victim"] is not None and "no-healing" not in args.sabotage:
             ckill["replacement_alive"] = stack.procs["worker-a"].alive()
             ckill["replacement_pong"] = _celery_pong("worker-a-")
-        facts.update(_findings(stack, args.stock, catalog.spread))
+        facts.update(findings(stack, args.stock, catalog.spread))
         facts["healed_after_s"] = round(healed_after, 1) if healed_after is not None else None
         facts["webhooks_drained_after_s"] = round(drained_after, 1) if drained_after is not None else None
         if kill["victim"] is not None:

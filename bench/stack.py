@@ -203,14 +203,16 @@ class Stack:
         return proc
 
     # --- gunicorn ---
-    def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web") -> Proc:
+    def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web", url: str = "") -> Proc:
+        """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``."""
+        url = url or self.web_url
         argv = [
             str(BIN / "gunicorn"), "cartflow.wsgi:application", "-c", "python:cartflow.gunicorn_conf",
-            "--bind", self.web_url.removeprefix("http://"), "--workers", str(workers),
+            "--bind", url.removeprefix("http://"), "--workers", str(workers),
             "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
         ]  # fmt: skip
         proc = self.spawn(name, argv)
-        wait_until(lambda: httpx.get(f"{self.web_url}/healthz", timeout=1).status_code == 200, 60, "gunicorn")
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60, "gunicorn")
         wait_until(lambda: len(proc.children()) >= workers, 30, "gunicorn workers")
         return proc
 

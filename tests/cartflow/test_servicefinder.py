@@ -1,4 +1,5 @@
-"""Finding the services, settings from the environment, tracing on demand, and the compose file."""
+"""Finding the services, settings from the environment, tracing on demand, the Dockerfile and the Procfile
+(docker-compose.yml: test_deployment.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-import yaml
 
 from cartflow import servicefinder, tracing
 
@@ -189,32 +189,6 @@ def test_tracing_installs_every_instrumentation_with_an_endpoint():
     out = _settings_probe(code, DJANGO_SECRET_KEY="x", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "True False TracerProvider True"
-
-
-def test_compose_file_declares_the_stack():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert {"postgres", "redis", "api", "worker", "beat", "stripe-cli"} <= set(services)
-    assert services["postgres"]["image"].startswith("postgres:16")
-    assert services["redis"]["image"].startswith("redis:7")
-    for name in ("postgres", "redis", "api", "worker"):
-        assert services[name]["healthcheck"]["test"], name
-    assert "8000:8000" in services["api"]["ports"]
-    assert any(p.endswith("5432:5432") for p in services["postgres"]["ports"])
-    assert any(p.endswith("6379:6379") for p in services["redis"]["ports"])
-    for name in ("api", "worker", "beat"):
-        env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in env["DATABASE_URL"]
-        assert env["REDIS_URL"].startswith("redis://redis:6379/")
-        assert env["CELERY_BROKER_URL"].startswith("redis://redis:6379/")
-        assert env["DJANGO_SECRET_KEY"]
-    assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert "worker" in services["worker"]["command"]
-    assert "django_celery_beat.schedulers:DatabaseScheduler" in services["beat"]["command"]
-    stripe = services["stripe-cli"]
-    assert stripe["profiles"] == ["stripe"]
-    assert stripe["command"] == ["listen", "--forward-to", "api:8000/api/webhooks/stripe"]
 
 
 def test_dockerfile_is_multi_stage_and_non_root():
