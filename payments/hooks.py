@@ -20,7 +20,8 @@ _SETTLED: dict[IntentListener, SettledCheck] = {}
 
 class NotKnownYet(Exception):  # noqa: N818 - the name is the interface
     """Raised by a listener when the order or saga for this intent does not exist yet (the webhook raced
-    the HTTP response). The event is retried later, not acknowledged and forgotten."""
+    the HTTP response), or is being driven by another process right now. The event is retried later, not
+    acknowledged and forgotten."""
 
 
 def register_intent_listener(fn: IntentListener, *, settled: SettledCheck | None = None) -> IntentListener:

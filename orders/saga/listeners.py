@@ -83,6 +83,15 @@ def saga_on_intent(intent: IntentResult, source: str) -> None:
         if CheckoutSaga.objects.filter(order__public_id=intent.order_id or "-").exists():
             return
         raise NotKnownYet(f"no checkout for {intent.intent_id} yet")
+    try:
+        _converge(saga_pk, intent, source)
+    except CheckoutInProgress as exc:
+        # Another process holds the lease (a request mid-confirm, or one that died and whose lease has not
+        # lapsed yet): the news is not lost, payments retries it once that process is done or recovered.
+        raise NotKnownYet(f"checkout {checkout_id or intent.intent_id} is being driven elsewhere") from exc
+
+
+def _converge(saga_pk: int, intent: IntentResult, source: str) -> None:
     outcome = intent_outcome(intent)
     with driving(saga_pk, wait=2.0) as saga:
         log.info("checkout_intent_update", checkout_id=saga.public_id, intent_status=intent.status, source=source)
