@@ -38,6 +38,7 @@ def _server_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("CARTFLOW_DEV", "1")
     env["CARTFLOW_CART_WRITE_RATE"] = "100000000/min"
+    env["CARTFLOW_CART_CREATE_RATE"] = "100000000/min"  # every simulated buyer starts a cart from 127.0.0.1
     env.setdefault("CARTFLOW_CART_TTL_SECONDS", "900")
     env.setdefault("LOG_LEVEL", "WARNING")
     return env

@@ -45,6 +45,7 @@ def _env(args: argparse.Namespace, stripe_url: str) -> dict[str, str]:
         STRIPE_API_BASE=stripe_url,
         STRIPE_SECRET_KEY="",
         CARTFLOW_CART_WRITE_RATE="100000000/min",
+        CARTFLOW_CART_CREATE_RATE="100000000/min",
         CARTFLOW_CHECKOUT_RATE="100000000/min",
         LOG_LEVEL="WARNING",
     )

@@ -267,6 +267,7 @@ def new_stack(*, db_url: str, log_level: str = "WARNING", extra_env: dict[str, s
             "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "CARTFLOW_DEV": "1",
             "CARTFLOW_CART_WRITE_RATE": "100000000/min",
+            "CARTFLOW_CART_CREATE_RATE": "100000000/min",
             "CARTFLOW_CHECKOUT_RATE": "100000000/min",
             "CARTFLOW_CART_TTL_SECONDS": "3600",
             "CARTFLOW_LOG_FORMAT": "json",

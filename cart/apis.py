@@ -31,10 +31,11 @@ from cart.identity import (
 )
 from cart.selectors import CartView, cart_view_build, cart_view_empty, cart_view_get
 from cart.services import CartSnapshot
-from cart.throttles import CartWriteThrottle, SignInThrottle
+from cart.throttles import CartWriteThrottle, SignInThrottle, cart_create_allow
 from cartflow.problems import DomainError
 from cartflow.schema import problem_responses
 from cartflow.serializers import LineOutputSerializer
+from cartflow.signin import sign_in_username_take
 
 log = structlog.get_logger("cartflow.cart")
 _IF_MATCH_RE = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
@@ -127,16 +128,18 @@ def _guest_token(request: Request, ref: CartRef | None) -> str | None:
 
 
 def _write(request: Request, op: Callable[[str, bool], CartSnapshot]) -> CartView:
-    """Run a write against the request's cart (a client without a live cart gets a new guest cart);
-    returns the cart as the write left it."""
+    """Run a write against the request's cart (a client without a live cart gets a new guest cart, counted
+    against its address); returns the cart as the write left it."""
     ref = cart_ref_from_request(request)
     token = _guest_token(request, ref)
     if ref is None:
+        cart_create_allow(request)
         token = token_new()
         return cart_view_build(snapshot=op(cart_ref_for_token(token).key, False), token=token)
     try:
         snapshot = op(ref.key, ref.user_id is None)
     except CartMissing:
+        cart_create_allow(request)
         token = token_new()
         snapshot = op(cart_ref_for_token(token).key, False)
     return cart_view_build(snapshot=snapshot, token=token)
@@ -349,7 +352,14 @@ class AuthTokenApi(APIView):
     def post(self, request: Request) -> Response:
         data = AuthTokenInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user_id, key = auth_token_issue(**data.validated_data)
+        # SignInThrottle has counted the address before the body was read; now the username (cartflow/signin.py).
+        settle = sign_in_username_take(username=data.validated_data["username"])
+        try:
+            user_id, key = auth_token_issue(**data.validated_data)
+        except DomainError:
+            settle(False)
+            raise
+        settle(True)
         response = Response(AuthTokenOutputSerializer({"token": key}).data)
         guest = token_from_request(request)
         if guest:

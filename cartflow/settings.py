@@ -202,6 +202,11 @@ CSRF_COOKIE_SECURE = _SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
+# --- Clients, proxies and browsers (cartflow/clients.py, cartflow/signin.py, docs/api.md) ---
+# CARTFLOW_TRUSTED_PROXIES: how many proxies (load balancer, CDN) stand in front of the web servers. 0 (the
+# default) ignores X-Forwarded-For: the connection's peer is the client.
+CARTFLOW_TRUSTED_PROXIES = env_int("CARTFLOW_TRUSTED_PROXIES", 0)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -217,9 +222,14 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         # CARTFLOW_CART_WRITE_RATE: cart writes per client (DRF throttle syntax).
         "cart_write": os.environ.get("CARTFLOW_CART_WRITE_RATE", "600/min"),
+        # CARTFLOW_CHECKOUT_RATE: checkout calls per user, else cart token, else address; queue joins per address.
         "checkout": os.environ.get("CARTFLOW_CHECKOUT_RATE", "120/min"),
-        # CARTFLOW_SIGN_IN_RATE: POST /api/auth/token attempts per client address (password guessing).
+        # CARTFLOW_CART_CREATE_RATE: writes that start a new guest cart, per client address.
+        "cart_create": os.environ.get("CARTFLOW_CART_CREATE_RATE", "120/min"),
+        # CARTFLOW_SIGN_IN_RATE: sign-in attempts (API and admin) per client address (password guessing).
         "sign_in": os.environ.get("CARTFLOW_SIGN_IN_RATE", "20/min"),
+        # CARTFLOW_SIGN_IN_USERNAME_RATE: failed sign-ins per username, from any address.
+        "sign_in_username": os.environ.get("CARTFLOW_SIGN_IN_USERNAME_RATE", "10/hour"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

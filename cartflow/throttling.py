@@ -15,8 +15,11 @@ import time
 from typing import Any
 
 from django_redis import get_redis_connection
+from rest_framework.exceptions import Throttled
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from cartflow.clients import address_key, client_address
 
 # KEYS[1] the window's counter. ARGV[1] its lifetime in seconds. Returns the count including this request.
 _COUNT = """
@@ -24,21 +27,70 @@ local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
-_script: list[Any] = []  # registered once per process; redis-py re-loads it after a NOSCRIPT
+# KEYS[1] the window's counter: one hit given back, if the window still exists (never a counter without expiry).
+_GIVE_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+_scripts: dict[str, Any] = {}  # registered once per process; redis-py re-loads them after a NOSCRIPT
+
+
+def _run(source: str, key: str, *args: Any) -> int:
+    client = get_redis_connection("default")
+    if source not in _scripts:
+        _scripts[source] = client.register_script(source)
+    return int(_scripts[source](keys=[key], args=list(args), client=client))
 
 
 def _count(key: str, lifetime: int) -> int:
-    client = get_redis_connection("default")
-    if not _script:
-        _script.append(client.register_script(_COUNT))
-    return int(_script[0](keys=[key], args=[lifetime], client=client))
+    return _run(_COUNT, key, lifetime)
+
+
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}  # DRF's rate syntax: "20/min", "10/hour"
+
+
+def _window(rate: str, now: float) -> tuple[int, int, int, float]:
+    """``(allowed, period seconds, window number, seconds left in the window)`` for a DRF rate at ``now``."""
+    count, _, unit = rate.partition("/")
+    allowed, period = int(count), _PERIODS[unit.strip()[0]]
+    window = int(now // period)
+    return allowed, period, window, (window + 1) * period - now
+
+
+def throttle_take(*, scope: str, ident: str) -> None:
+    """Count one attempt of ``ident`` against the rate of ``scope``; raise DRF's ``Throttled`` when spent.
+
+    For counts a DRF throttle class cannot key, such as a username read from the body. The attempt is
+    counted before it is tried, so parallel attempts cannot all pass a check made before any was counted.
+    """
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+    if rate is None:
+        return
+    allowed, period, window, wait = _window(rate, time.time())
+    if _count(f"throttle:{scope}:{ident}:{window}", period + 1) > allowed:
+        raise Throttled(wait=max(1.0, wait))
+
+
+def throttle_give_back(*, scope: str, ident: str) -> None:
+    """Undo one :func:`throttle_take` of the current window (e.g. an attempt that turned out to succeed)."""
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get(scope)
+    if rate is None:
+        return
+    _allowed, _period, window, _wait = _window(rate, time.time())
+    _run(_GIVE_BACK, f"throttle:{scope}:{ident}:{window}")
+
+
+def address_ident(request: Any) -> str:
+    """The per-address part of a throttle key (cartflow/clients.py decides what the address is)."""
+    return f"addr:{address_key(client_address(request))}"
 
 
 class RedisFixedWindowThrottle(SimpleRateThrottle):
     """Scope-rate throttle (rates from ``REST_FRAMEWORK['DEFAULT_THROTTLE_RATES']``), counted in Redis.
 
     Subclasses set ``scope`` or let the view's ``throttle_scope`` name it, and may override
-    :meth:`get_cache_key` (the default: the signed-in user, else the client address).
+    :meth:`get_cache_key` (the default: the signed-in user, else the client address). The address is
+    always :func:`cartflow.clients.client_address`, never DRF's own reading of ``X-Forwarded-For``.
     """
 
     scope: str | None = None
@@ -48,6 +100,9 @@ class RedisFixedWindowThrottle(SimpleRateThrottle):
 
     def get_rate(self) -> str | None:
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope) if self.scope else None
+
+    def get_ident(self, request: Any) -> str:
+        return address_ident(request)
 
     def get_cache_key(self, request: Any, view: Any) -> str:
         user = getattr(request, "user", None)
@@ -59,13 +114,10 @@ class RedisFixedWindowThrottle(SimpleRateThrottle):
         self.rate = self.get_rate()
         if self.rate is None:
             return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
         key = self.get_cache_key(request, view)
         if key is None:
             return True
-        now = time.time()
-        window = int(now // self.duration)
-        self.wait_seconds = (window + 1) * self.duration - now
+        self.num_requests, self.duration, window, self.wait_seconds = _window(self.rate, time.time())
         return _count(f"{key}:{window}", self.duration + 1) <= self.num_requests
 
     def wait(self) -> float | None:
@@ -74,3 +126,10 @@ class RedisFixedWindowThrottle(SimpleRateThrottle):
 
 class ScopedRedisThrottle(RedisFixedWindowThrottle):
     """Like DRF's ``ScopedRateThrottle``: the view's ``throttle_scope`` names the rate."""
+
+
+class ScopedAddressThrottle(ScopedRedisThrottle):
+    """The view's ``throttle_scope``, always per client address, signed in or not (e.g. flash-queue joins)."""
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return f"throttle:{self.scope}:{self.get_ident(request)}"

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from cartflow import views
+from cartflow import signin, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -10,6 +10,8 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),  # /metrics
     path("problems/", views.problem_index, name="problem-index"),
     path("problems/<str:slug>", views.problem_detail, name="problem-detail"),
+    # Ahead of admin.site.urls: the admin login counts attempts per address and username (cartflow/signin.py).
+    path("admin/login/", signin.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

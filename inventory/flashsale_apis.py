@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cartflow.schema import problem_responses
-from cartflow.throttling import ScopedRedisThrottle
+from cartflow.throttling import ScopedAddressThrottle
 from inventory.flashsale_queue import QueueTicket, flash_queue_join, flash_queue_status, flash_sale_product_id
 
 
@@ -47,7 +47,8 @@ def _render(request: Request, sku: str, ticket: QueueTicket, *, status: int) -> 
 
 
 class FlashQueueJoinApi(APIView):
-    throttle_classes = [ScopedRedisThrottle]
+    # Per address: a queue place is the scarce thing here, and a new cart token would buy another one.
+    throttle_classes = [ScopedAddressThrottle]
     throttle_scope = "checkout"
 
     @extend_schema(

@@ -11,10 +11,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cart.identity import cart_ref_from_request
+from cart.throttles import CartClientThrottle
 from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
 from cartflow.serializers import LineOutputSerializer
-from cartflow.throttling import ScopedRedisThrottle
 from orders.errors import CartEmpty
 from orders.saga import driver as saga_services
 from orders.selectors import (
@@ -44,7 +44,7 @@ def _caller(request: Request) -> Caller:
 
 
 class CheckoutApiBase(APIView):
-    throttle_classes = [ScopedRedisThrottle]
+    throttle_classes = [CartClientThrottle]
     throttle_scope = "checkout"
 
     def idempotency_scope(self, request: Request) -> str:
