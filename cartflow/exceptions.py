@@ -1,10 +1,11 @@
 """One exception handler: every error under /api leaves as an RFC 9457 problem.
 
 DRF's exceptions and our :class:`~cartflow.problems.DomainError` go through
-:func:`problem_exception_handler`; Django-level 404/500 for /api paths (no DRF view matched, or a
-failure outside a view) go through :func:`api_404` / :func:`api_500`. Unexpected exceptions are
-logged with their traceback and answered with a bare ``internal_error``: no stack trace, SQL or
-secret ever reaches the body.
+:func:`problem_exception_handler`; where Django itself answers an /api path (no DRF view matched, a
+rejected request, a CSRF failure, a failure outside a view) :func:`api_400`, :func:`api_403`,
+:func:`api_404`, :func:`api_500` and :func:`csrf_failure` answer the same problems. Unexpected exceptions
+are logged with their traceback (without frame locals: cartflow/logconfig.py) and answered with a bare
+``internal_error``: no stack trace, SQL or secret ever reaches the body.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from typing import Any
 
 import redis
 import structlog
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
-from django.views.defaults import page_not_found, server_error
+from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from django_redis.exceptions import ConnectionInterrupted
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from cartflow.middleware import current_request_id
+from cartflow.parsers import JSONTooDeep
 from cartflow.problems import REGISTRY, DomainError, ProblemBody
 
 log = structlog.get_logger("cartflow.errors")
@@ -109,6 +114,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         exc = drf.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf.PermissionDenied()
+    elif isinstance(exc, SuspiciousOperation):
+        set_rollback()
+        return _suspicious_problem(request, exc, problem_response)
     if isinstance(exc, drf.APIException):
         set_rollback()
         code = next((c for cls, c in _DRF_CODES if isinstance(exc, cls)), None)
@@ -129,8 +137,10 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
                 403: "permission_denied",
             }.get(exc.status_code, "internal_error" if exc.status_code >= 500 else "validation_error")
         detail = str(exc.detail) if isinstance(exc.detail, str) else None
-        if code == "malformed_json":
+        if code == "malformed_json" and not isinstance(exc, JSONTooDeep):
             detail = "The request body is not valid JSON."
+        elif code == "unsupported_media_type":
+            detail = f"{detail} Send the body as JSON, with the header Content-Type: application/json."
         return problem_response(request, code, detail, headers=headers)
     set_rollback()
     if _backing_service_down(exc):
@@ -164,13 +174,47 @@ def redis_connection_lost(exc: BaseException) -> bool:
     return module == "redis" or module.startswith("redis.")
 
 
+def _suspicious_problem(request: Any, exc: SuspiciousOperation, respond: Any) -> Any:
+    """Django's refusals of a request (SuspiciousOperation): a body over the limit, or anything else."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.CARTFLOW_MAX_BODY_BYTES
+        return respond(request, "payload_too_large", f"The request body is larger than {limit} bytes.", limit=limit)
+    return respond(request, "bad_request", str(exc)[:200] or None)
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/") or request.path == "/api"
+
+
+def api_400(request: HttpRequest, exception: Exception | None = None):
+    if not _is_api(request):
+        return bad_request(request, exception)
+    if isinstance(exception, SuspiciousOperation):
+        return _suspicious_problem(request, exception, django_problem_response)
+    return django_problem_response(request, "bad_request")
+
+
+def api_403(request: HttpRequest, exception: Exception | None = None):
+    if not _is_api(request):
+        return permission_denied(request, exception)
+    return django_problem_response(request, "permission_denied")
+
+
+def csrf_failure(request: HttpRequest, reason: str = ""):
+    """``CSRF_FAILURE_VIEW``: a session-authenticated write without a valid CSRF token or origin."""
+    if not _is_api(request):
+        return django_csrf_failure(request, reason)
+    detail = f"CSRF check failed ({reason}). Send the X-CSRFToken header, or sign in with a token."
+    return django_problem_response(request, "permission_denied", detail)
+
+
 def api_404(request: HttpRequest, exception: Exception | None = None):
-    if request.path.startswith("/api/") or request.path == "/api":
+    if _is_api(request):
         return django_problem_response(request, "not_found", f"Nothing lives at {request.path}.")
     return page_not_found(request, exception)
 
 
 def api_500(request: HttpRequest):
-    if request.path.startswith("/api/"):
+    if _is_api(request):
         return django_problem_response(request, "internal_error")
     return server_error(request)

@@ -2,7 +2,8 @@
 
 Standard-library loggers (Django, Celery, gunicorn) go through the same processors, so every line
 carries the request id bound by :mod:`cartflow.middleware`. Secrets never reach a log line: the
-``redact`` processor masks known secret-looking keys.
+``redact`` processor masks known secret-looking keys, and tracebacks carry no frame locals (structlog
+and rich show them by default: SQL parameters, request bodies, tokens).
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ def _pretty(fmt: str) -> bool:
     return fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
 
 
+# Tracebacks as structured fields (JSON) or as text (console): frames, files and lines, never locals.
+_json_tracebacks = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
+def _console_renderer() -> structlog.dev.ConsoleRenderer:
+    if structlog.dev.rich is not None:
+        formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+        return structlog.dev.ConsoleRenderer(exception_formatter=formatter)
+    return structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+
+
 def logging_dict(*, level: str = "INFO", fmt: str = "auto") -> dict:
     """The ``logging.config.dictConfig`` that renders every stdlib record through structlog.
 
@@ -44,7 +58,7 @@ def logging_dict(*, level: str = "INFO", fmt: str = "auto") -> dict:
     """
     pretty = _pretty(fmt)
     shared = _shared_processors()
-    renderer = structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+    renderer = _console_renderer() if pretty else structlog.processors.JSONRenderer()
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -54,7 +68,7 @@ def logging_dict(*, level: str = "INFO", fmt: str = "auto") -> dict:
                 "processors": [
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     # Tracebacks stay in the log as a structured field, never in a response.
-                    structlog.processors.dict_tracebacks if not pretty else structlog.dev.set_exc_info,
+                    _json_tracebacks if not pretty else structlog.dev.set_exc_info,
                     renderer,
                 ],
                 "foreign_pre_chain": shared,

@@ -33,7 +33,22 @@ _TYPES = [
     # --- generic HTTP ---
     ProblemType("not_found", 404, "Not found", "No resource lives at this path."),
     ProblemType("method_not_allowed", 405, "Method not allowed", "This path does not accept this HTTP method."),
-    ProblemType("malformed_json", 400, "Malformed JSON", "The request body is not valid JSON."),
+    ProblemType(
+        "malformed_json", 400, "Malformed JSON", "The request body is not valid JSON, or is nested too deeply."
+    ),
+    ProblemType(
+        "bad_request",
+        400,
+        "Bad request",
+        "The request cannot be served as sent (e.g. a Host this server does not answer for, or too many fields).",
+    ),
+    ProblemType(
+        "payload_too_large",
+        413,
+        "Payload too large",
+        "The request body is larger than the server accepts; `limit` says how many bytes it accepts.",
+        ("limit",),
+    ),
     ProblemType(
         "validation_error",
         400,
@@ -41,7 +56,12 @@ _TYPES = [
         "One or more fields are invalid; `errors` lists each with its field, code and detail.",
         ("errors",),
     ),
-    ProblemType("unsupported_media_type", 415, "Unsupported media type", "Send the body as application/json."),
+    ProblemType(
+        "unsupported_media_type",
+        415,
+        "Unsupported media type",
+        "Send the body as JSON, with the header Content-Type: application/json.",
+    ),
     ProblemType(
         "not_acceptable", 406, "Not acceptable", "The server cannot produce a response in the requested format."
     ),

@@ -20,7 +20,7 @@ PROBLEM_MEDIA = "application/problem+json"
 # Every /api endpoint can answer these.
 ALWAYS = ("rate_limited", "internal_error")
 # Every endpoint with a JSON body can also answer these.
-WITH_BODY = ("malformed_json", "validation_error", "unsupported_media_type")
+WITH_BODY = ("malformed_json", "validation_error", "payload_too_large", "unsupported_media_type")
 
 
 class ProblemFieldErrorSerializer(serializers.Serializer):
@@ -49,6 +49,7 @@ class ProblemSerializer(serializers.Serializer):
     checkoutId = serializers.CharField(required=False)  # noqa: N815
     checkoutStatus = serializers.CharField(required=False)  # noqa: N815
     checks = serializers.DictField(child=serializers.CharField(), required=False)
+    limit = serializers.IntegerField(required=False)
 
 
 def problem_responses(*codes: str, body: bool = False) -> dict[Any, OpenApiResponse]:

@@ -61,6 +61,8 @@ if not SECRET_KEY:
 # DJANGO_ALLOWED_HOSTS: comma-separated.
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+# A CSRF failure on an /api path is a problem document like every other error there.
+CSRF_FAILURE_VIEW = "cartflow.exceptions.csrf_failure"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -85,6 +87,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cartflow.middleware.RequestIdMiddleware",
+    # Bodies over CARTFLOW_MAX_BODY_BYTES and impossible paths are refused before anything reads them.
+    "cartflow.limits.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, Swagger UI, ReDoc from the sidecar) straight from gunicorn, no CDN, no nginx.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -206,6 +210,11 @@ X_FRAME_OPTIONS = "DENY"
 # CARTFLOW_TRUSTED_PROXIES: how many proxies (load balancer, CDN) stand in front of the web servers. 0 (the
 # default) ignores X-Forwarded-For: the connection's peer is the client.
 CARTFLOW_TRUSTED_PROXIES = env_int("CARTFLOW_TRUSTED_PROXIES", 0)
+# CARTFLOW_MAX_BODY_BYTES: larger request bodies get 413 payload_too_large before anything reads them.
+CARTFLOW_MAX_BODY_BYTES = env_int("CARTFLOW_MAX_BODY_BYTES", 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = CARTFLOW_MAX_BODY_BYTES
+# CARTFLOW_MAX_JSON_DEPTH: JSON bodies nested deeper get 400 malformed_json (the API needs 3 levels).
+CARTFLOW_MAX_JSON_DEPTH = env_int("CARTFLOW_MAX_JSON_DEPTH", 32)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -214,7 +223,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["cartflow.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "cartflow.exceptions.problem_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",

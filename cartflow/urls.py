@@ -23,5 +23,8 @@ urlpatterns = [
     re_path(r"^api(?:/(?P<rest>.*))?$", views.api_not_found),
 ]
 
+# Where Django itself answers (no view, a refused request, a failure outside a view): problems under /api.
+handler400 = "cartflow.exceptions.api_400"
+handler403 = "cartflow.exceptions.api_403"
 handler404 = "cartflow.exceptions.api_404"
 handler500 = "cartflow.exceptions.api_500"

@@ -36,7 +36,7 @@ class StripeWebhookApi(APIView):
         request=OpenApiTypes.OBJECT,
         responses={
             200: StripeWebhookReceivedSerializer,
-            **problem_responses("webhook_signature_invalid", "malformed_event"),
+            **problem_responses("webhook_signature_invalid", "malformed_event", "payload_too_large"),
         },
         tags=["webhooks"],
     )

@@ -53,7 +53,21 @@ def webhook_verify(*, payload: bytes, signature: str | None) -> dict[str, Any]:
         raise MalformedEvent("The body is not a Stripe event.")
     if not isinstance((data.get("data") or {}).get("object"), dict):
         raise MalformedEvent("The event carries no data.object.")
+    _check_stored_fields(data)
     return data
+
+
+# What intake stores in WebhookEvent's columns, and their sizes there (payments/models.py). Stripe's own ids
+# are far shorter; anything else signed with our secret is refused cleanly instead of failing the INSERT.
+_STORED_FIELDS = (("id", 255), ("type", 100), ("payment intent id", 255))
+
+
+def _check_stored_fields(event: dict[str, Any]) -> None:
+    values = {"id": event.get("id"), "type": event.get("type"), "payment intent id": event_intent_id(event)}
+    for name, max_length in _STORED_FIELDS:
+        value = values[name]
+        if not isinstance(value, str) or len(value) > max_length or not value.isprintable():
+            raise MalformedEvent(f"The event's {name} is not a string of at most {max_length} printable characters.")
 
 
 def webhook_event_receive(*, payload: bytes, signature: str | None) -> WebhookEvent:

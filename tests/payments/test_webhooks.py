@@ -98,6 +98,37 @@ def test_a_signed_body_that_is_not_an_event_is_malformed(api_client, webhook_sec
     assert WebhookEvent.objects.count() == 0
 
 
+def _with(event: dict, **changes) -> dict:  # noqa: ANN003
+    """The event with top-level members (``id``, ``type``) or, as ``intent``, its PaymentIntent id replaced."""
+    if "intent" in changes:
+        event["data"]["object"]["id"] = changes.pop("intent")
+    return {**event, **changes}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"id": "evt_" + "x" * 300},
+        {"id": "evt_\u0000nul"},
+        {"id": 12345},
+        {"type": "payment_intent." + "x" * 120},
+        {"type": {"nested": "object"}},
+        {"intent": "pi_" + "x" * 300},
+        {"intent": "pi_\u0000nul"},
+        {"intent": ["pi_1"]},
+    ],
+    ids=["long id", "nul id", "numeric id", "long type", "object type", "long intent", "nul intent", "list intent"],
+)
+def test_a_signed_event_whose_fields_do_not_fit_is_refused_cleanly(api_client, webhook_secret, changes):
+    """Signed with our secret but unlike anything Stripe sends: a 400 problem, never a failed INSERT (500)."""
+    body = json.dumps(_with(_event(), **changes))  # a NUL leaves json.dumps as the escape \u0000
+    resp = _post(api_client, body)
+    assert resp.status_code == 400, resp.content
+    assert resp.json()["code"] == "malformed_event"
+    assert WebhookEvent.objects.count() == 0
+
+
 @pytest.mark.django_db
 def test_a_valid_event_is_stored_once_answered_200_and_enqueued_after_commit(
     api_client, webhook_secret, django_capture_on_commit_callbacks
