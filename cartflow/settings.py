@@ -47,6 +47,10 @@ TESTING = "pytest" in sys.modules or os.environ.get("CARTFLOW_TESTING") == "1"
 DEBUG = env_bool("DJANGO_DEBUG")
 _DEV_SECRET = "cartflow-dev-only-secret-key-not-for-production-0123456789abcdef"
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+# The development relaxations below (plain-HTTP cookies, no HTTPS redirect, no HSTS) hold in debug, in the
+# tests, and under CARTFLOW_DEV=1 only while no DJANGO_SECRET_KEY is given: a real secret means a real
+# deployment, even when a leftover .env still says CARTFLOW_DEV=1. DJANGO_SECURE decides explicitly.
+_DEV_MODE = DEBUG or TESTING or (env_bool("CARTFLOW_DEV") and not SECRET_KEY)
 if not SECRET_KEY:
     if DEBUG or TESTING or env_bool("CARTFLOW_DEV"):
         SECRET_KEY = _DEV_SECRET
@@ -198,11 +202,21 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # `make run` runs collectstatic; tests and dev also find files in the apps directly.
 WHITENOISE_USE_FINDERS = DEBUG or TESTING or env_bool("CARTFLOW_DEV")
 
-# Behind HTTPS (DJANGO_SECURE=1, or automatically outside debug) cookies are Secure.
+# DJANGO_SECURE: served over HTTPS (default: on outside development, see _DEV_MODE). Then cookies are
+# Secure, plain-HTTP requests are redirected to HTTPS (DJANGO_SECURE_SSL_REDIRECT) and responses carry
+# Strict-Transport-Security: DJANGO_SECURE_HSTS_SECONDS (default 3600, short so a mistake heals within the
+# hour; raise it to a year once HTTPS is proven), DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS and
+# DJANGO_SECURE_HSTS_PRELOAD (both on; browsers' preload lists accept only a max-age of a year or more).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-_SECURE = env_bool("DJANGO_SECURE", default=not (DEBUG or TESTING or env_bool("CARTFLOW_DEV")))
+_SECURE = env_bool("DJANGO_SECURE", default=not _DEV_MODE)
 SESSION_COOKIE_SECURE = _SECURE
 CSRF_COOKIE_SECURE = _SECURE
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", default=_SECURE)
+# Load balancers' health checks and Prometheus scrape the web servers over plain HTTP from inside.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 3600 if _SECURE else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
