@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as default_cors_headers
 
 from cartflow import servicefinder
 
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -91,6 +93,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "cartflow.middleware.RequestIdMiddleware",
+    # CORS headers on every /api answer, the early refusals below included; preflights end here.
+    "corsheaders.middleware.CorsMiddleware",
     # Bodies over CARTFLOW_MAX_BODY_BYTES and impossible paths are refused before anything reads them.
     "cartflow.limits.RequestLimitsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -229,6 +233,21 @@ CARTFLOW_MAX_BODY_BYTES = env_int("CARTFLOW_MAX_BODY_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CARTFLOW_MAX_BODY_BYTES
 # CARTFLOW_MAX_JSON_DEPTH: JSON bodies nested deeper get 400 malformed_json (the API needs 3 levels).
 CARTFLOW_MAX_JSON_DEPTH = env_int("CARTFLOW_MAX_JSON_DEPTH", 32)
+# CARTFLOW_CORS_ALLOWED_ORIGINS: comma-separated origins (https://shop.example.com) whose pages may call /api
+# from a browser, with credentials; the same origins pass Django's CSRF origin check for session sign-in.
+CORS_ALLOWED_ORIGINS = env_list("CARTFLOW_CORS_ALLOWED_ORIGINS", "")
+CORS_URLS_REGEX = r"^/api(/.*)?$"
+CORS_ALLOW_CREDENTIALS = True
+CORS_ALLOW_HEADERS = (
+    *default_cors_headers,
+    "x-cart-token",
+    "idempotency-key",
+    "if-match",
+    "flash-ticket",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = ["X-Cart-Token", "ETag", "X-Request-Id", "Idempotent-Replayed", "Retry-After"]
+CSRF_TRUSTED_ORIGINS = list(dict.fromkeys([*CSRF_TRUSTED_ORIGINS, *CORS_ALLOWED_ORIGINS]))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
