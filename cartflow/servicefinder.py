@@ -20,8 +20,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # pgserver's platformdirs complains when XDG_RUNTIME_DIR is unset (containers, CI); it copes without it.
@@ -250,10 +251,110 @@ def describe() -> dict[str, str]:
     return {"database": safe(database_url()), "redis": safe(redis_url()), "broker": safe(celery_broker_url())}
 
 
+def database_ensure(url: str) -> str | None:
+    """Create the PostgreSQL database ``url`` names when its server answers but the database is missing.
+
+    Returns None when the database is there (now), else one line saying what is wrong and what to do.
+    """
+    import psycopg  # like _ensure_local_database: only this step of `make run` needs the driver
+
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
+        return None
+    name = unquote(parts.path.lstrip("/"))
+    where = f"{parts.hostname or 'the local socket'}:{parts.port or 5432}"
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+        return None
+    except psycopg.Error as exc:
+        if f'database "{name}" does not exist' not in str(exc):
+            return f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}"
+    try:
+        with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        pass  # another process created it meanwhile
+    except psycopg.Error as exc:
+        return (
+            f"database {name!r} does not exist at {where} and could not be created ({_first_line(exc)}): "
+            f"create it (createdb {name}) or point DATABASE_URL at one that exists"
+        )
+    print(f"created database {name!r} at {where}", file=sys.stderr)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+EMULATOR_API_BASE = "http://127.0.0.1:12111"
+
+
+def stripe_api_base(environ: Mapping[str, str] = os.environ) -> str:
+    """Where Stripe calls go: ``STRIPE_API_BASE`` when set; else real Stripe with a key, the emulator
+    (``STRIPE_EMULATOR_URL``) without."""
+    if "STRIPE_API_BASE" in environ:
+        return environ["STRIPE_API_BASE"]
+    return "" if environ.get("STRIPE_SECRET_KEY") else environ.get("STRIPE_EMULATOR_URL") or EMULATOR_API_BASE
+
+
+DOTENV_HEADER = "# Local settings for `make run` and manage.py (git-ignored; the real environment wins).\n"
+DOTENV_BEGIN = "# >>> services chosen by the last `make run` (rewritten on every run)"
+DOTENV_END = "# <<< services"
+# What a second terminal must share with `make run` to talk to the same services and the same Stripe.
+RECORDED = (
+    "CARTFLOW_EMBEDDED",
+    "CARTFLOW_DATA_DIR",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "STRIPE_EMULATOR_URL",
+    "STRIPE_EMULATOR_LATENCY_MS",
+    "STRIPE_EMULATOR_LATENCY_JITTER_MS",
+    "STRIPE_EMULATOR_RATE_LIMITS",
+    "CARTFLOW_STRIPE_RATE",
+    "CARTFLOW_STRIPE_WAIT_SECONDS",
+)
+
+
+def dotenv_record(path: Path, environ: Mapping[str, str]) -> None:
+    """Write what ``make run`` chose into its ``.env``: ``CARTFLOW_DEV=1`` unless a secret key is kept
+    there, then (rewritten each run) the service URLs and Stripe settings of ``environ``.
+
+    Secrets are never written: with a ``STRIPE_SECRET_KEY`` in the environment the block says so, and
+    records the empty ``STRIPE_API_BASE`` (real Stripe), so a terminal without the key fails loudly
+    instead of talking to an emulator.
+    """
+    text = path.read_text() if path.is_file() else DOTENV_HEADER
+    if not any(line.startswith(("CARTFLOW_DEV=", "DJANGO_SECRET_KEY=")) for line in text.splitlines()):
+        text += "" if text.endswith("\n") or not text else "\n"
+        text += "CARTFLOW_DEV=1\n"
+    kept, skipping = [], False
+    for line in text.splitlines():
+        if line == DOTENV_BEGIN:
+            skipping = True
+        elif line == DOTENV_END:
+            skipping = False
+        elif not skipping:
+            kept.append(line)
+    block = [DOTENV_BEGIN, *(f"{var}={environ[var]}" for var in RECORDED if environ.get(var))]
+    block.append(f"STRIPE_API_BASE={stripe_api_base(environ)}")
+    if environ.get("STRIPE_SECRET_KEY"):
+        block.append("# STRIPE_SECRET_KEY came from the environment (not written here): export it in other terminals")
+    block.append(DOTENV_END)
+    path.write_text("\n".join([*kept, *block]) + "\n")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["record-env"]:
+        dotenv_record(BASE_DIR / ".env", os.environ)
+        sys.exit(0)
     load_dotenv()
     if sys.argv[1:] == ["stop"]:
         print("stopped:", ", ".join(embedded_stop()) or "nothing was running")
     else:
         for name, url in describe().items():
             print(f"{name:9} {url}")
+        if problem := database_ensure(database_url()):
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(1)

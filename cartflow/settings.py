@@ -333,9 +333,10 @@ CARTFLOW_FLASH_QUEUE_POLL_SECONDS = env_float("CARTFLOW_FLASH_QUEUE_POLL_SECONDS
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
 # STRIPE_EMULATOR_URL: where the emulator answers; Stripe calls go there only while no key is set, so a
 # deployment can name its emulator (docker-compose.yml does) and a real key still reaches the real Stripe.
-STRIPE_EMULATOR_URL = os.environ.get("STRIPE_EMULATOR_URL", "http://127.0.0.1:12111")
-# STRIPE_API_BASE: where Stripe calls go, when set; by default the real Stripe with a key, else the emulator.
-STRIPE_API_BASE = os.environ.get("STRIPE_API_BASE", "" if STRIPE_SECRET_KEY else STRIPE_EMULATOR_URL)
+STRIPE_EMULATOR_URL = os.environ.get("STRIPE_EMULATOR_URL", servicefinder.EMULATOR_API_BASE)
+# STRIPE_API_BASE: where Stripe calls go, when set; by default the real Stripe with a key, else the emulator
+# (cartflow/servicefinder.py decides, so the .env that `make run` writes records the same answer).
+STRIPE_API_BASE = servicefinder.stripe_api_base()
 # STRIPE_WEBHOOK_SECRET: comma-separated to accept several during rotation.
 STRIPE_WEBHOOK_SECRET = os.environ.get("STRIPE_WEBHOOK_SECRET", "" if STRIPE_SECRET_KEY else "whsec_cartflow_dev")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)

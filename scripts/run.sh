@@ -14,29 +14,13 @@ export PATH="$ROOT/.venv/bin:$PATH"
 PY="$ROOT/.venv/bin/python"
 
 # .env is git-ignored and read by cartflow/settings.py (the real environment wins), so a `manage.py`
-# command in a second terminal sees the same configuration as the processes started here.
-if [ ! -f .env ]; then
-    printf '# Local settings for `make run` and manage.py (git-ignored; the real environment wins).\nCARTFLOW_DEV=1\n' >.env
-elif ! grep -qE '^(CARTFLOW_DEV|DJANGO_SECRET_KEY)=' .env; then
-    printf 'CARTFLOW_DEV=1\n' >>.env
-fi
-
-# Record how this run chose its services, so a second terminal makes the same choice.
-BEGIN='# >>> services chosen by the last `make run` (rewritten on every run)'
-END='# <<< services'
-tmp="$(mktemp)"
-awk -v b="$BEGIN" -v e="$END" '$0==b{skip=1;next} $0==e{skip=0;next} !skip' .env >"$tmp"
-{
-    cat "$tmp"
-    echo "$BEGIN"
-    for var in CARTFLOW_EMBEDDED CARTFLOW_DATA_DIR DATABASE_URL REDIS_URL CELERY_BROKER_URL; do
-        if [ -n "${!var:-}" ]; then echo "$var=${!var}"; fi
-    done
-    echo "$END"
-} >.env
-rm -f "$tmp"
+# command in a second terminal sees the same configuration as the processes started here: CARTFLOW_DEV=1
+# (unless .env keeps a DJANGO_SECRET_KEY), how this run chose its services, and which Stripe it talks to
+# (cartflow/servicefinder.py, dotenv_record).
+"$PY" -m cartflow.servicefinder record-env
 
 echo "==> services"
+# Prints what it found; creates a missing database named by DATABASE_URL, or says in one line why not.
 "$PY" -m cartflow.servicefinder
 echo "==> migrate"
 "$PY" manage.py migrate --noinput

@@ -238,7 +238,101 @@ def test_pytest_ignores_the_checkout_dotenv(tmp_path, monkeypatch):
 def test_run_script_records_the_service_choice_for_a_second_terminal():
     script = (ROOT / "scripts" / "run.sh").read_text()
     assert os.access(ROOT / "scripts" / "run.sh", os.X_OK)
-    assert "CARTFLOW_EMBEDDED CARTFLOW_DATA_DIR DATABASE_URL REDIS_URL CELERY_BROKER_URL" in script
-    for step in ("cartflow.servicefinder", "migrate --noinput", "seed_demo", "collectstatic --noinput"):
+    steps = ("cartflow.servicefinder record-env", "cartflow.servicefinder\n", "migrate --noinput", "seed_demo")
+    for step in (*steps, "collectstatic --noinput"):
         assert step in script
+    assert script.index("record-env") < script.index("migrate --noinput")
     assert script.rstrip().endswith("exec honcho start -f Procfile -e /dev/null")
+    for var in ("CARTFLOW_EMBEDDED", "CARTFLOW_DATA_DIR", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"):
+        assert var in servicefinder.RECORDED
+
+
+def _record(path: Path, **environ: str) -> dict[str, str]:
+    servicefinder.dotenv_record(path, environ)
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_the_dotenv_records_which_stripe_this_run_talks_to(tmp_path):
+    """A second terminal reaches the same emulator, with the same rate limits, as `make run` did."""
+    env_file = tmp_path / ".env"
+    first = _record(
+        env_file,
+        DATABASE_URL="postgres://u@127.0.0.1:5432/shop",
+        STRIPE_API_BASE="http://127.0.0.1:12999",
+        STRIPE_EMULATOR_LATENCY_MS="300",
+        STRIPE_EMULATOR_RATE_LIMITS="25/100",
+    )
+    assert first == {
+        "CARTFLOW_DEV": "1",
+        "DATABASE_URL": "postgres://u@127.0.0.1:5432/shop",
+        "STRIPE_API_BASE": "http://127.0.0.1:12999",
+        "STRIPE_EMULATOR_LATENCY_MS": "300",
+        "STRIPE_EMULATOR_RATE_LIMITS": "25/100",
+    }
+    # Without STRIPE_API_BASE: the emulator's default address, written down all the same.
+    assert _record(env_file)["STRIPE_API_BASE"] == servicefinder.EMULATOR_API_BASE
+    # With a real key: real Stripe (an empty base), and the key itself is never written.
+    real = _record(env_file, STRIPE_SECRET_KEY="sk_test_not_written")
+    assert real["STRIPE_API_BASE"] == ""
+    assert "sk_test_not_written" not in env_file.read_text()
+    assert "STRIPE_SECRET_KEY came from the environment" in env_file.read_text()
+
+
+def test_the_dotenv_keeps_a_developers_own_lines_and_secret(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DJANGO_SECRET_KEY=mine\nLOG_LEVEL=DEBUG\n")
+    recorded = _record(env_file, REDIS_URL="redis://127.0.0.1:6379/0")
+    recorded = _record(env_file, REDIS_URL="redis://127.0.0.1:6380/0")  # rewritten, not appended
+    assert recorded == {
+        "DJANGO_SECRET_KEY": "mine",
+        "LOG_LEVEL": "DEBUG",
+        "REDIS_URL": "redis://127.0.0.1:6380/0",
+        "STRIPE_API_BASE": servicefinder.EMULATOR_API_BASE,
+    }
+    assert env_file.read_text().count(servicefinder.DOTENV_BEGIN) == 1
+    assert "CARTFLOW_DEV" not in env_file.read_text()  # a kept secret key means this is no dev checkout
+
+
+def test_an_empty_stripe_api_base_means_real_stripe_and_none_the_emulator():
+    out = _settings_probe("print(repr(settings.STRIPE_API_BASE))", DJANGO_SECRET_KEY="x", STRIPE_API_BASE="")
+    assert out.stdout.strip() == "''", out.stderr
+    out = _settings_probe("print(settings.STRIPE_API_BASE)", DJANGO_SECRET_KEY="x")
+    assert out.stdout.strip() == servicefinder.EMULATOR_API_BASE, out.stderr
+
+
+def _finder(database_url: str) -> subprocess.CompletedProcess:
+    env = {**_finder_env(), "DATABASE_URL": database_url, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    return subprocess.run(
+        [PYTHON, "-m", "cartflow.servicefinder"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def server_url(settings) -> str:
+    """This run's PostgreSQL server as a URL without a database name."""
+    db = settings.DATABASES["default"]
+    user = f"{db['USER']}:{db['PASSWORD']}@" if db.get("PASSWORD") else f"{db['USER']}@"
+    return f"postgres://{user}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+
+
+def test_make_run_creates_a_missing_database_named_by_database_url(server_url):
+    name = f"cf_missing_{os.getpid()}"
+    try:
+        out = _finder(f"{server_url}/{name}")
+        assert out.returncode == 0, out.stderr
+        assert f"created database '{name}'" in out.stderr and "Traceback" not in out.stderr
+        with psycopg.connect(f"{server_url}/{name}", connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (name,)
+        again = _finder(f"{server_url}/{name}")  # there now: nothing to say
+        assert again.returncode == 0 and again.stderr == ""
+    finally:
+        with psycopg.connect(f"{server_url}/postgres", autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_an_unreachable_database_is_one_clear_line_not_a_traceback():
+    out = _finder("postgres://someone@127.0.0.1:1/shop")
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: cannot connect to PostgreSQL at 127.0.0.1:1")
