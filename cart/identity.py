@@ -45,6 +45,11 @@ def token_from_request(request: Any) -> str | None:
     return token if token_is_well_formed(token) else None
 
 
+def token_sent(request: Any) -> bool:
+    """Whether the request carries a cart token at all (well-formed or not), to tell a client which it was."""
+    return bool(request.headers.get(TOKEN_HEADER) or request.COOKIES.get(TOKEN_COOKIE))
+
+
 def cart_ref_for_token(token: str) -> CartRef:
     digest = token_hash(token)
     return CartRef(key=f"t:{digest}", token_hash=digest, user_id=None)

@@ -115,7 +115,14 @@ _TYPES = [
         "The cart store is unreachable for a moment; retry after `Retry-After` seconds.",
         retry_after=True,
     ),
-    ProblemType("cart_empty", 409, "Cart empty", "There is nothing in the cart to check out."),
+    ProblemType(
+        "cart_empty",
+        409,
+        "Cart empty",
+        "There is nothing in the cart to check out. `cartTokenSent` says whether the request named a guest cart "
+        "(X-Cart-Token header or cart_token cookie): without one there is no cart to check out.",
+        ("cartTokenSent",),
+    ),
     # --- inventory ---
     ProblemType("sold_out", 409, "Sold out", "This flash-sale product has no stock left.", ("productId",)),
     ProblemType(

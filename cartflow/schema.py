@@ -50,6 +50,7 @@ class ProblemSerializer(serializers.Serializer):
     checkoutStatus = serializers.CharField(required=False)  # noqa: N815
     checks = serializers.DictField(child=serializers.CharField(), required=False)
     limit = serializers.IntegerField(required=False)
+    cartTokenSent = serializers.BooleanField(required=False)  # noqa: N815
 
 
 def problem_responses(*codes: str, body: bool = False) -> dict[Any, OpenApiResponse]:

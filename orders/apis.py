@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cart.identity import cart_ref_from_request
+from cart.identity import cart_ref_from_request, token_sent
 from cart.throttles import CartClientThrottle
 from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
@@ -34,6 +34,22 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     description="Same key + same body replays the stored response (24 h, scoped to the cart/user).",
 )
 IDEMPOTENCY_PROBLEMS = ("idempotency_key_reused", "idempotency_request_in_progress", "invalid_idempotency_key")
+
+
+def _cart_empty(request: Request, caller: Caller) -> CartEmpty:
+    """``cart_empty`` saying whether a cart token came with the request (a client without a cookie jar
+    that forgot the header sees why)."""
+    sent = token_sent(request)
+    if caller.user_id is not None:
+        detail = "Your cart is empty."
+    elif not sent:
+        detail = (
+            "No cart token was sent, so there is no cart to check out: send the token of your cart writes as the "
+            "X-Cart-Token header (or the cart_token cookie)."
+        )
+    else:
+        detail = "The cart named by the cart token sent is empty, has expired, or was never issued by this server."
+    return CartEmpty(detail, cartTokenSent=sent)
 
 
 def _caller(request: Request) -> Caller:
@@ -188,14 +204,17 @@ class CheckoutStartApi(CheckoutApiBase):
         data.is_valid(raise_exception=True)
         caller = _caller(request)
         if caller.cart_key is None:
-            raise CartEmpty("There is no cart to check out.")
-        saga, created = saga_services.checkout_start(
-            cart_key=caller.cart_key,
-            token_hash=caller.token_hash,
-            user_id=caller.user_id,
-            email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
-            flash_ticket=data.validated_data.get("flash_ticket") or request.headers.get("Flash-Ticket") or None,
-        )
+            raise _cart_empty(request, caller)
+        try:
+            saga, created = saga_services.checkout_start(
+                cart_key=caller.cart_key,
+                token_hash=caller.token_hash,
+                user_id=caller.user_id,
+                email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
+                flash_ticket=data.validated_data.get("flash_ticket") or request.headers.get("Flash-Ticket") or None,
+            )
+        except CartEmpty:
+            raise _cart_empty(request, caller) from None
         # A start that created the checkout holds its saga, order and hold as just written: render them.
         return _render(saga, status=201 if created else 200, fresh=created)
 

@@ -176,3 +176,28 @@ def test_paid_checkout_cannot_be_cancelled(stripe_emulator):
     response = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
     assert response.status_code == 409
     assert response.json()["code"] == "checkout_not_cancellable" and response.json()["checkoutStatus"] == "confirmed"
+
+
+def test_cart_empty_says_when_no_cart_token_was_sent():
+    """The seed card's curl walk-through without a cookie jar: the cart write's token never came back."""
+    product = make_product()
+    client = APIClient()
+    assert client.post("/api/cart/items", {"productId": product.id, "quantity": 1}, format="json").status_code == 201
+    body = _start(APIClient()).json()
+    assert (body["status"], body["code"], body["cartTokenSent"]) == (409, "cart_empty", False)
+    assert "No cart token was sent" in body["detail"] and "X-Cart-Token" in body["detail"]
+    assert CheckoutSaga.objects.count() == 0
+
+
+def test_cart_empty_says_when_the_token_sent_names_an_empty_cart():
+    product = make_product()
+    client = APIClient()
+    token = client.post("/api/cart/items", {"productId": product.id, "quantity": 1}, format="json").json()["token"]
+    client.credentials(HTTP_X_CART_TOKEN=token)
+    assert client.put(f"/api/cart/items/{product.id}", {"quantity": 0}, format="json").status_code == 200
+    body = _start(client).json()
+    assert (body["code"], body["cartTokenSent"]) == ("cart_empty", True)
+    assert "cart token sent is empty" in body["detail"]
+    stranger = APIClient()
+    stranger.cookies["cart_token"] = "not-a-token-this-server-issued"
+    assert _start(stranger).json()["cartTokenSent"] is True
