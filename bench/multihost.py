@@ -662,7 +662,7 @@ def main(argv: list[str]) -> int:
             },
         )
         # The shop's own throttles (per real client), not the bench's unlimited ones.
-        for key in ("CARTFLOW_CART_WRITE_RATE", "CARTFLOW_CHECKOUT_RATE"):
+        for key in ("CARTFLOW_CART_WRITE_RATE", "CARTFLOW_CART_CREATE_RATE", "CARTFLOW_CHECKOUT_RATE"):
             stack.env.pop(key, None)
         stack.broker_url = stack.env["CELERY_BROKER_URL"] = broker
         stack.start_redis()
