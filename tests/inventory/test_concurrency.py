@@ -151,7 +151,10 @@ def test_retry_budget_is_bounded_in_time(settings, monkeypatch):
 
     monkeypatch.setattr(services, "_attempts", counted)
     hot = make_product(10)
-    with VersionBumper(Stock.objects.get(product=hot).id, hold=0.01):
+    # Three writers holding 50 ms each: for the reserver to slip through, all three threads would have to
+    # be kept off the CPU at once between one's commit and the next one's UPDATE (seen with two writers
+    # holding 10 ms on a loaded 2-core machine, 1 run in 3).
+    with VersionBumper(Stock.objects.get(product=hot).id, hold=0.05, writers=3):
         with pytest.raises(InventoryContention):
             reservation_reserve(lines=[ReserveLine(hot.id, 1)], holder="busy-2")
     assert 1 < len(made) < 2_000, len(made)
