@@ -90,7 +90,10 @@ def outbound_event_fan_out(*, event_id: int) -> int:
         return 0
     targets = endpoints_for(event.type)
     now = timezone.now()
-    if targets and not event.body:
+    if not targets:  # the common case without endpoints: one UPDATE, nothing rendered
+        OutboundEvent.objects.filter(pk=event_id, fanned_out_at__isnull=True).update(fanned_out_at=now)
+        return 0
+    if not event.body:
         OutboundEvent.objects.filter(pk=event_id, body="").update(body=event_body(event))
     WebhookDelivery.objects.bulk_create(
         [
