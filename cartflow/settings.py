@@ -188,6 +188,11 @@ CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # CELERY_TASK_ALWAYS_EAGER: only for unit tests that do not depend on the broker.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
+# Outbound webhook deliveries (orders/outbound/) have a queue of their own. A worker started without -Q
+# consumes every queue named here; a deployment that gives deliveries their own workers (-Q webhooks, and
+# -Q celery for the rest) keeps a slow receiver from ever holding a slot that fulfilment needs.
+CELERY_TASK_QUEUES = {"celery": {}, "webhooks": {}}
+CELERY_TASK_ROUTES = {"orders.tasks.webhook_delivery_task": {"queue": "webhooks"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -353,11 +358,24 @@ CARTFLOW_STRIPE_RATE = env_float(
 # CARTFLOW_STRIPE_WAIT_SECONDS: how long a buyer's Stripe call waits for the budget before 503
 # payment_provider_busy (nothing sent); background calls wait longer (payments/budget.py).
 CARTFLOW_STRIPE_WAIT_SECONDS = env_float("CARTFLOW_STRIPE_WAIT_SECONDS", 2.0)
-# Webhook processing: retries (exponential backoff from the base, capped at 600 s) before an event is parked.
+# Stripe webhook processing: retries (exponential backoff from the base, capped at 600 s) before an event is parked.
 CARTFLOW_WEBHOOK_MAX_RETRIES = env_int("CARTFLOW_WEBHOOK_MAX_RETRIES", 8)
 CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS = env_float("CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS", 2.0)
 # The emulator posts webhooks here.
 CARTFLOW_WEBHOOK_URL = os.environ.get("CARTFLOW_WEBHOOK_URL", "")
+
+# --- Outbound webhooks to the shop's own systems (orders/outbound/, docs/webhooks.md) ---
+# CARTFLOW_WEBHOOK_ENDPOINTS: comma-separated URLs that get every event (admin manages more).
+CARTFLOW_WEBHOOK_ENDPOINTS = env_list("CARTFLOW_WEBHOOK_ENDPOINTS", "")
+# CARTFLOW_WEBHOOK_SIGNING_SECRET: signs CartFlow-Signature for those, and for admin endpoints without a secret.
+CARTFLOW_WEBHOOK_SIGNING_SECRET = os.environ.get("CARTFLOW_WEBHOOK_SIGNING_SECRET", "")
+# CARTFLOW_WEBHOOK_DELIVERY_TIMEOUT_SECONDS: per connect (at most 3 s) / write / read of one POST.
+CARTFLOW_WEBHOOK_DELIVERY_TIMEOUT_SECONDS = env_float("CARTFLOW_WEBHOOK_DELIVERY_TIMEOUT_SECONDS", 5.0)
+# Retries on anything but a 2xx: base × 2^(n-1) capped at the max, jittered in its upper half, for RETRY_FOR
+# seconds after the fan-out (24 h), then the delivery is parked (admin can re-send it).
+CARTFLOW_WEBHOOK_DELIVERY_RETRY_BASE_SECONDS = env_float("CARTFLOW_WEBHOOK_DELIVERY_RETRY_BASE_SECONDS", 30.0)
+CARTFLOW_WEBHOOK_DELIVERY_RETRY_MAX_SECONDS = env_float("CARTFLOW_WEBHOOK_DELIVERY_RETRY_MAX_SECONDS", 3600.0)
+CARTFLOW_WEBHOOK_DELIVERY_RETRY_FOR_SECONDS = env_float("CARTFLOW_WEBHOOK_DELIVERY_RETRY_FOR_SECONDS", 24 * 3600.0)
 
 # --- Logging: structlog JSON lines (pretty on a terminal), carrying the request id ---
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

@@ -16,6 +16,7 @@ from django.utils.safestring import SafeString
 
 from cartflow.admin import ReadOnlyAdminMixin
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.outbound import admin as outbound_admin  # noqa: F401 - registers the outbound webhook pages
 from orders.saga import driver as saga_services
 from payments.selectors import payment_get
 

@@ -1,7 +1,9 @@
-"""Orders, the checkout saga that produces them, its append-only step log, and the outbox.
+"""Orders, the checkout saga that produces them, its append-only step log, the outbox, and the outbound
+webhook rows (orders/outbound/: endpoints, events, deliveries and their attempts).
 
 State fields change only through the saga (version-checked UPDATEs in orders/saga/persistence.py); admin and
-views read.
+views read. Outbound events are written with the saga's statements too; deliveries only by
+orders/outbound/delivery.py.
 """
 
 from __future__ import annotations
@@ -214,3 +216,133 @@ class Outbox(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} #{self.pk}"
+
+
+# --- outbound webhooks (orders/outbound/) ------------------------------------------------------------
+
+EVENT_TYPES = (
+    "order.confirmed",
+    "order.fulfilled",
+    "order.cancelled",
+    "order.refunded",
+    "payment.failed",
+    "checkout.expired",
+)
+
+
+def new_event_id() -> str:
+    """``evt_<26 base32 chars>``: the id a receiver deduplicates by, the same on every attempt."""
+    return public_id("evt")
+
+
+def new_endpoint_secret() -> str:
+    return f"whsec_{secrets.token_urlsafe(24)}"
+
+
+class WebhookEndpoint(models.Model):
+    """A receiver managed in admin (``CARTFLOW_WEBHOOK_ENDPOINTS`` names more, which are not rows)."""
+
+    url = models.URLField(max_length=2000, unique=True)
+    secret = models.CharField(
+        max_length=200,
+        blank=True,
+        default=new_endpoint_secret,
+        help_text="Signs this endpoint's deliveries. Blank: CARTFLOW_WEBHOOK_SIGNING_SECRET.",
+    )
+    event_types = models.JSONField(
+        default=list, blank=True, help_text="The event types it receives; empty: every type."
+    )
+    active = models.BooleanField(default=True, help_text="An inactive endpoint gets no new events and no retries.")
+    description = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["url"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class OutboundEvent(models.Model):
+    """Something that happened to an order, written with the change itself (orders/outbound/events.py)."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=new_event_id, editable=False)
+    type = models.CharField(max_length=32, choices=[(t, t) for t in EVENT_TYPES])
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="outbound_events")
+    key = models.CharField(
+        max_length=80, help_text="An order has one event per key: a change written twice announces itself once."
+    )
+    order_snapshot = models.JSONField(help_text="The order's row as the change left it.")
+    data = models.JSONField(default=dict, blank=True, help_text="More members of the body's data (a refund).")
+    body = models.TextField(blank=True, default="", help_text="The JSON delivered, rendered once at fan-out.")
+    created_at = models.DateTimeField()
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["order", "key"], name="outbound_event_once_per_key")]
+        indexes = [
+            models.Index(fields=["created_at"], condition=Q(fanned_out_at__isnull=True), name="outbound_event_unsent")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.public_id}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one endpoint URL, attempted until a 2xx or until ``give_up_at``."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        PARKED = "parked"
+
+    event = models.ForeignKey(OutboundEvent, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(
+        WebhookEndpoint,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deliveries",
+        help_text="Empty for a URL from CARTFLOW_WEBHOOK_ENDPOINTS.",
+    )
+    url = models.URLField(max_length=2000)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it is due; an attempt in flight moves it past its timeout."
+    )
+    give_up_at = models.DateTimeField(help_text="A failure after this parks the delivery.")
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [models.UniqueConstraint(fields=["event", "url"], name="webhook_delivery_once_per_url")]
+        indexes = [models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhook_delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} → {self.url}"
+
+
+class WebhookDeliveryAttempt(models.Model):
+    """One POST: what was sent (the signature's timestamp) and what came back (status, a short head)."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField()
+    at = models.DateTimeField()
+    signed_at = models.PositiveBigIntegerField(help_text="The signature's t (unix seconds).")
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_head = models.CharField(max_length=512, blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery_id", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}: {self.status_code or self.error}"

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery."""
+"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery, outbound webhooks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 
 from orders import services
 from orders.errors import CheckoutInProgress
+from orders.outbound import delivery as webhooks_out
 from orders.saga.driver import saga_recover
 from payments import budget as stripe_budget
 
@@ -31,3 +32,24 @@ def outbox_sweep_task() -> int:
 def recover_sagas_task() -> dict[str, int]:
     with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
         return saga_recover()
+
+
+# --- outbound webhooks (orders/outbound/delivery.py) --------------------------------------------------------
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def webhook_event_fan_out_task(event_id: int) -> int:
+    return webhooks_out.outbound_event_fan_out(event_id=event_id)
+
+
+# On the "webhooks" queue (cartflow/settings.py, CELERY_TASK_ROUTES): a receiver that is slow to answer holds
+# a slot of the workers that consume it, never one of fulfilment's when deliveries have workers of their own.
+# No Celery retry: the delivery row holds the schedule, and each attempt enqueues the next.
+@shared_task(acks_late=True, ignore_result=True)
+def webhook_delivery_task(delivery_id: int) -> str:
+    return webhooks_out.webhook_delivery_attempt(delivery_id=delivery_id)
+
+
+@shared_task(ignore_result=True)
+def webhook_sweep_task() -> int:
+    return webhooks_out.webhook_deliveries_sweep()

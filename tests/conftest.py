@@ -35,4 +35,10 @@ def api_client():
     return APIClient()
 
 
-pytest_plugins = ["tests.support.emulator", "tests.support.worker", "tests.support.beat", "tests.support.services"]
+pytest_plugins = [
+    "tests.support.emulator",
+    "tests.support.worker",
+    "tests.support.beat",
+    "tests.support.services",
+    "tests.support.receiver",
+]

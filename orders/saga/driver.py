@@ -38,6 +38,7 @@ from orders.errors import (
     ReservationExpired,
 )
 from orders.models import CheckoutSaga, Outbox, new_checkout_id
+from orders.outbound.events import order_event
 from orders.saga import lease, payment_steps, steps
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
 from orders.saga.lease import driving
@@ -369,7 +370,9 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
                 return
         steps.cancel_order(saga)
     steps.release(saga, to=to)
-    save(saga, log=[("end", to, None)], state=to, compensate_to="", next_action=None)
+    # The shop's systems hear of the end once compensation is complete (its order, if any, is cancelled).
+    ended = order_event("checkout.expired" if to == S.EXPIRED else "order.cancelled")
+    save(saga, log=[("end", to, None)], event=ended, state=to, compensate_to="", next_action=None)
     log.info("checkout_compensated", checkout_id=saga.public_id, state=to, reason=code)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from orders.errors import PaymentDeclined
 from orders.models import CheckoutSaga
+from orders.outbound.events import order_event
 from orders.saga.crashpoints import crash_point
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
 from orders.saga.persistence import (
@@ -208,7 +209,9 @@ def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: boo
         case IntentOutcome.DECLINED:
             code = intent.decline_code or intent.error_code or "card_declined"
             message = intent.error_message or ""
-            _record_decline(saga, code=code, message=message, order=order_records_intent(intent), **link)
+            _record_decline(
+                saga, code=code, message=message, order=order_records_intent(intent), charge_id=intent.charge_id, **link
+            )
             if raise_decline:
                 raise PaymentDeclined(
                     intent.error_message or "The card was declined.", declineCode=code, checkoutId=saga.public_id
@@ -257,14 +260,23 @@ def record_paid_late(saga: CheckoutSaga, intent: IntentResult) -> None:
 
 
 def _record_decline(
-    saga: CheckoutSaga, *, code: str, message: str, order: OrderChange | None = None, **link: Any
+    saga: CheckoutSaga,
+    *,
+    code: str,
+    message: str,
+    order: OrderChange | None = None,
+    charge_id: str | None = None,
+    **link: Any,
 ) -> None:
+    """The charge failed and the checkout stays open; ``payment.failed`` goes out once per failed charge
+    (Stripe's charge id, else the attempt), however many times the decline is seen (answer, webhook)."""
     save_outcome(
         saga,
         "charge",
         FAILED,
         details={"declineCode": code},
         order=order,
+        event=order_event("payment.failed", key=f"payment.failed:{charge_id or f'attempt-{saga.attempt}'}"),
         step="charge",
         state=S.AWAITING_PAYMENT,
         next_action=None,
@@ -305,4 +317,5 @@ def refund(saga: CheckoutSaga, intent: IntentResult) -> None:
         "refund",
         details={"refund": refunded.refund_id, "amount": refunded.amount},
         order=order_refunded(refunded.amount),
+        event=order_event("order.refunded", key=f"order.refunded:{refunded.refund_id}"),
     )

@@ -9,7 +9,9 @@ matched. A lost version check raises CheckoutInProgress: two processes never bot
 Every write to an Order row goes through here, in the saga's statement: the INSERT of the order and its
 lines (:func:`save_order_created`) and one :class:`OrderChange` per later write (:func:`order_paid`,
 :func:`order_confirmed`, …). The ORM's UPDATE + ``bulk_create`` were two compiled queries and a
-BEGIN/COMMIT per write; tests/cartflow/test_query_budgets.py holds the counts this keeps.
+BEGIN/COMMIT per write; tests/cartflow/test_query_budgets.py holds the counts this keeps. A write that
+the shop's systems hear about carries its outbound event (``event=``, orders/outbound/events.py) as one more
+CTE of the same statement, built from the order row that statement leaves.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from django.utils import timezone
 
 from orders.errors import CheckoutInProgress
 from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.outbound.events import (
+    OrderEvent,
+    event_announce_on_commit,
+    event_insert_sql,
+    order_event,
+    order_table_source,
+)
 from payments.interface import IntentResult
 
 ABOUT_TO, DONE, INDETERMINATE, FAILED = "about_to", "done", "indeterminate", "failed"
@@ -108,13 +117,23 @@ def save(
     *,
     log: Sequence[LogRow] = (),
     order: OrderChange | None = None,
+    event: OrderEvent | None = None,
     release_lease: bool = False,
     **fields: Any,
 ) -> None:
-    """The saga's ``fields``, its ``log`` rows and (if the saga has an order) ``order``, in one statement.
-    ``release_lease``: this is the request's last write, and it gives the lease up."""
-    writes = [_order_update(saga, order)] if order is not None and saga.order_id is not None else []
-    _save(saga, fields, log, release_lease=release_lease, writes=writes)
+    """The saga's ``fields``, its ``log`` rows and (if the saga has an order) ``order`` and the outbound
+    ``event`` about it, in one statement. ``release_lease``: this is the request's last write, and it gives
+    the lease up."""
+    writes, returning = [], []
+    if saga.order_id is not None:
+        if order is not None:
+            writes.append(_order_update(saga, order, returning=event is not None))
+        if event is not None:
+            returning.append(f"(SELECT id FROM a{len(writes)})")
+            writes.append(_event_insert(saga, event, from_update="a0" if order is not None else None))
+    returned = _save(saga, fields, log, release_lease=release_lease, writes=writes, returning=returning)
+    if returned:
+        event_announce_on_commit(returned[0])
 
 
 def save_about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
@@ -128,14 +147,17 @@ def save_done(
     *,
     details: dict[str, Any] | None = None,
     order: OrderChange | None = None,
+    event: OrderEvent | None = None,
     release_lease: bool = False,
     **fields: Any,
 ) -> None:
-    """Persist "<step> done", after the step's side effect, with what it changed on the order."""
+    """Persist "<step> done", after the step's side effect, with what it changed on the order (and the
+    outbound event about it)."""
     save(
         saga,
         log=[(step, DONE, details)],
         order=order,
+        event=event,
         release_lease=release_lease,
         step=step,
         step_status=DONE,
@@ -151,11 +173,12 @@ def save_outcome(
     *,
     details: dict[str, Any] | None = None,
     order: OrderChange | None = None,
+    event: OrderEvent | None = None,
     **fields: Any,
 ) -> None:
     """``step`` ended ``failed`` or ``indeterminate`` (its outcome is unknown until Stripe says). The saga's
     own ``step`` field is left as it is unless ``fields`` set it."""
-    save(saga, log=[(step, outcome, details)], order=order, step_status=outcome, **fields)
+    save(saga, log=[(step, outcome, details)], order=order, event=event, step_status=outcome, **fields)
 
 
 def save_order_created(
@@ -202,8 +225,8 @@ def save_order_created(
 
 
 def save_confirmed(saga: CheckoutSaga, *, release_lease: bool = False) -> int:
-    """Persist "confirm done": the saga confirmed, its order confirmed and the outbox event ``order.confirmed``.
-    Returns the outbox row's id."""
+    """Persist "confirm done": the saga confirmed, its order confirmed, the outbox event ``order.confirmed``
+    (fulfilment's) and the outbound one (the shop's). Returns the outbox row's id."""
     now = timezone.now()
     payload = Outbox._meta.get_field("payload").get_db_prep_save(
         {"checkoutId": saga.public_id, "orderId": saga.order.public_id}, connection
@@ -214,14 +237,19 @@ def save_confirmed(saga: CheckoutSaga, *, release_lease: bool = False) -> int:
         "SELECT %s, %s, %s, NULL, 0, '' FROM s RETURNING id",
         ["order.confirmed", payload, now],
     )
-    [outbox_id] = _save(
+    [outbox_id, event_pk] = _save(
         saga,
         {"step": "confirm", "step_status": DONE, "state": CheckoutSaga.State.CONFIRMED},
         [("confirm", DONE, None)],
         release_lease=release_lease,
-        writes=[_order_update(saga, order_confirmed()), outbox],
-        returning=["(SELECT id FROM a1)"],
+        writes=[
+            _order_update(saga, order_confirmed(), returning=True),
+            outbox,
+            _event_insert(saga, order_event("order.confirmed"), from_update="a0"),
+        ],
+        returning=["(SELECT id FROM a1)", "(SELECT id FROM a2)"],
     )
+    event_announce_on_commit(event_pk)
     return outbox_id
 
 
@@ -271,13 +299,26 @@ class _Cte:
     params: list[Any]
 
 
-def _order_update(saga: CheckoutSaga, change: OrderChange) -> _Cte:
+def _order_update(saga: CheckoutSaga, change: OrderChange, *, returning: bool = False) -> _Cte:
+    """``returning``: the new row comes back, for an event CTE to read (``to_jsonb`` of it)."""
     where = f" AND {change.where}" if change.where else ""
     return _Cte(
         f"UPDATE {connection.ops.quote_name(Order._meta.db_table)} SET {change.assignments}, updated_at = %s "  # noqa: S608
-        f"WHERE id = %s AND EXISTS (SELECT 1 FROM s){where}",
+        f"WHERE id = %s AND EXISTS (SELECT 1 FROM s){where}{' RETURNING *' if returning else ''}",
         [*change.params, timezone.now(), saga.order_id, *change.where_params],
     )
+
+
+def _event_insert(saga: CheckoutSaga, event: OrderEvent, *, from_update: str | None) -> _Cte:
+    """The outbound event, from the order row the CTE ``from_update`` returned (so only if that UPDATE
+    matched: an order the change leaves alone announces nothing), or else from the order as it stands,
+    if the saga's version matched."""
+    if from_update is not None:
+        source, params = f"{from_update} AS o", []
+    else:
+        source, params = order_table_source(saga.order_id, also="EXISTS (SELECT 1 FROM s)")
+    sql, sql_params = event_insert_sql(event, source=source, source_params=params, now=timezone.now())
+    return _Cte(sql, sql_params)
 
 
 def _save(

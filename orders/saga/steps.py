@@ -35,6 +35,7 @@ from inventory.services import (
     reservation_reserve,
 )
 from orders.models import CheckoutSaga, Order
+from orders.outbound.events import order_event
 from orders.saga.crashpoints import crash_point
 from orders.saga.persistence import (
     ABOUT_TO,
@@ -220,8 +221,9 @@ def confirm(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
 
 
 def fulfil(saga: CheckoutSaga) -> None:
-    """The order fulfilled, the cart cleared, ``order.confirmed`` logged. Only what was checked out is
-    cleared: a cart the buyer changed since the start is left alone."""
+    """The order fulfilled (and ``order.fulfilled`` written for the shop's systems), the cart cleared,
+    ``order.confirmed`` logged. Only what was checked out is cleared: a cart the buyer changed since the
+    start is left alone."""
     about_to(saga, "fulfil")
     cleared = cart_clear(key=saga.cart_key, if_version=saga.cart_version)
     order = saga.order
@@ -234,7 +236,14 @@ def fulfil(saga: CheckoutSaga) -> None:
         email=order.email,
         cart_cleared=cleared,
     )
-    done(saga, "fulfil", state=S.FULFILLED, order=order_fulfilled(), details={"cartCleared": cleared})
+    done(
+        saga,
+        "fulfil",
+        state=S.FULFILLED,
+        order=order_fulfilled(),
+        event=order_event("order.fulfilled"),
+        details={"cartCleared": cleared},
+    )
 
 
 def _enqueue_outbox(outbox_id: int) -> None:

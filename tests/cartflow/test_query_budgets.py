@@ -34,8 +34,8 @@ BUDGETS = {
     "checkout_start": 6,
     # Confirm: lease, "about to charge", Stripe (create and confirm in one call), payments' record, "charge
     # done" + "about to confirm" + the intent recorded + the order paid (one statement), the commit of the
-    # hold (its own short transaction), "confirm done" + the order confirmed + outbox + lease release (one
-    # statement), the fresh order read. Was 41,
+    # hold (its own short transaction), "confirm done" + the order confirmed + outbox + outbound event +
+    # lease release (one statement), the fresh order read. Was 41,
     # then 31 before payments' record became one statement (round 3), 26 before each saga write became one
     # statement, 21 before the lease was taken on the saga the view had just read (no second read), 20 before
     # "charge done" and "confirm done" carried their order UPDATE and outbox INSERT in the saga's statement.

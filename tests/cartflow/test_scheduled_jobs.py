@@ -21,7 +21,7 @@ from cart.identity import cart_ref_for_token
 from inventory import flashsale_keys
 from inventory.flashsale import flash_holders, flash_pool_state, flash_sale_start, flash_tokens_take
 from inventory.models import Reservation
-from orders.models import CheckoutSaga, Outbox
+from orders.models import CheckoutSaga, OutboundEvent, Outbox, WebhookEndpoint
 from orders.saga.crashpoints import SimulatedCrash, crash_points
 from orders.saga.driver import checkout_confirm, checkout_payment_intent, checkout_start
 from payments.gateway import payment_intent_retrieve
@@ -35,6 +35,7 @@ RELEASE_EXPIRED = "inventory: release expired reservations"
 FLASH_POOL_SWEEP = "inventory: flash-sale pool sweep"
 RECOVER_SAGAS = "orders: recover sagas"
 OUTBOX_SWEEP = "orders: outbox sweep"
+WEBHOOK_SWEEP = "orders: webhook deliveries sweep"
 RECONCILE = "payments: reconcile with Stripe"
 
 
@@ -109,6 +110,22 @@ def test_beat_sweeps_an_outbox_event_whose_message_was_lost(stripe_emulator, cel
     invariants_hold()
 
 
+def test_beat_sweeps_an_outbound_event_whose_message_was_lost(stripe_emulator, celery_beat_process, webhook_receiver):
+    endpoint = WebhookEndpoint.objects.create(url=webhook_receiver.url, event_types=["order.confirmed"])
+    product = make_product(on_hand=5)
+    saga = _checkout(product)
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
+    # Its fan-out message waits in the broker with no consumer; starting beat purges it (a lost message).
+    [event] = OutboundEvent.objects.filter(order__public_id=saga.order.public_id, type="order.confirmed")
+    # The sweep leaves events younger than 30 s to their own message (orders/outbound/delivery.py).
+    OutboundEvent.objects.filter(pk=event.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+
+    beat = celery_beat_process(WEBHOOK_SWEEP)
+    [request] = webhook_receiver.wait_for(1, event_type="order.confirmed", timeout=30)
+    assert request.event_id == event.public_id
+    beat.wait_for(lambda: event.deliveries.filter(endpoint=endpoint, status="delivered").exists())
+
+
 def test_beat_returns_the_flash_sale_token_of_a_gone_holder(celery_beat_process):
     product = make_product(on_hand=4)
     flash_sale_start(product_id=product.id)
@@ -149,5 +166,5 @@ def test_every_migrated_schedule_has_a_test_here(beat_schedule_as_migrated):
 
     from cartflow.checks import EXPECTED_SCHEDULES
 
-    covered = {RELEASE_EXPIRED, FLASH_POOL_SWEEP, RECOVER_SAGAS, OUTBOX_SWEEP, RECONCILE}
+    covered = {RELEASE_EXPIRED, FLASH_POOL_SWEEP, RECOVER_SAGAS, OUTBOX_SWEEP, WEBHOOK_SWEEP, RECONCILE}
     assert set(PeriodicTask.objects.values_list("name", flat=True)) == covered == set(EXPECTED_SCHEDULES)

@@ -14,7 +14,8 @@ from rest_framework.authtoken.models import Token
 
 from inventory.models import Reservation
 from inventory.services import stock_adjust
-from orders.models import CheckoutSaga, Order
+from orders.models import CheckoutSaga, Order, OutboundEvent, WebhookEndpoint
+from orders.outbound.delivery import outbound_event_fan_out, webhook_delivery_attempt
 from orders.saga.crashpoints import SimulatedCrash, crash_points
 from payments.models import Payment, WebhookEvent
 from tests.support.saga import guest_with_cart, invariants_hold, make_product, stock
@@ -62,7 +63,7 @@ def stuck_ids(staff, **extra) -> set[str]:  # noqa: ANN001, ANN003
     return {s.public_id for s in response.context["cl"].result_list}
 
 
-def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulator):
+def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulator, webhook_receiver):
     """Catches a broken list_display, readonly field or inline anywhere in admin, with real rows."""
     product = make_product(on_hand=5)
     buyer, checkout_id = started(product)
@@ -74,6 +75,10 @@ def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulat
         event_id="evt_admin_1", type="payment_intent.succeeded", intent_id=order.payment_intent_id, payload="{}"
     )
     stock_adjust(product_id=product.id, delta=3, reason="restock", user=staff.user)
+    WebhookEndpoint.objects.create(url=webhook_receiver.url)  # a delivery with an attempt, for their pages
+    [event] = OutboundEvent.objects.filter(order=order)
+    outbound_event_fan_out(event_id=event.pk)
+    webhook_delivery_attempt(delivery_id=event.deliveries.get().pk)
     Group.objects.create(name="operations")
     Token.objects.create(user=staff.user)
 
