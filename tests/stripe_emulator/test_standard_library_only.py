@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]
+PACKAGE = Path(__file__).resolve().parents[2] / "stripe_emulator"
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
