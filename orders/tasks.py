@@ -9,17 +9,20 @@ from orders import services
 from orders.errors import CheckoutInProgress
 from orders.saga.driver import saga_recover
 from payments import budget as stripe_budget
+from payments.errors import PaymentProviderBusy, PaymentTransientError
 
 
 @shared_task(
-    autoretry_for=(CheckoutInProgress, RedisError, ConnectionError),
+    # Stripe errors: fulfilment captures an authorized order first, and retries the capture under its key.
+    autoretry_for=(CheckoutInProgress, RedisError, ConnectionError, PaymentTransientError, PaymentProviderBusy),
     retry_backoff=2,
     retry_backoff_max=300,
     max_retries=None,
     acks_late=True,
 )
 def outbox_process_task(outbox_id: int) -> None:
-    services.outbox_process(outbox_id=outbox_id)
+    with stripe_budget.background():  # a capture at fulfilment yields to buyers' calls (payments/budget.py)
+        services.outbox_process(outbox_id=outbox_id)
 
 
 @shared_task
