@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Count, Q, Sum
+from django.utils import timezone
 
 from cartflow.invariants import invariant
 from inventory.models import Reservation
@@ -59,6 +62,17 @@ def lost_authorization_flagged() -> list[str]:
     return [
         f"order {oid} is confirmed with its authorization canceled, and it is not flagged for review"
         for oid in rows.values_list("public_id", flat=True)
+    ]
+
+
+@invariant("orders: no authorization outlives the capture window")
+def authorizations_settled_in_time() -> list[str]:
+    # The beat task runs hourly: two more hours past CARTFLOW_CAPTURE_WITHIN_HOURS and it has missed its turn.
+    hours = settings.CARTFLOW_CAPTURE_WITHIN_HOURS + 2
+    rows = Payment.objects.filter(status="requires_capture", created__lt=timezone.now() - timedelta(hours=hours))
+    return [
+        f"order {oid}'s authorization {pi} was neither captured nor voided within {hours:g} h"
+        for oid, pi in rows.values_list("order_id", "intent_id")
     ]
 
 

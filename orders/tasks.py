@@ -1,4 +1,4 @@
-"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery."""
+"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery, due authorizations."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 
 from orders import services
 from orders.errors import CheckoutInProgress
+from orders.saga.authorizations import authorizations_settle
 from orders.saga.driver import saga_recover
 from payments import budget as stripe_budget
 from payments.errors import PaymentProviderBusy, PaymentTransientError
@@ -34,3 +35,10 @@ def outbox_sweep_task() -> int:
 def recover_sagas_task() -> dict[str, int]:
     with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
         return saga_recover()
+
+
+@shared_task
+def authorizations_settle_task() -> dict[str, int]:
+    """Hourly (django-celery-beat): capture or void authorizations older than CARTFLOW_CAPTURE_WITHIN_HOURS."""
+    with stripe_budget.background():
+        return authorizations_settle()

@@ -2,21 +2,26 @@
 
 The confirm only authorizes (the PaymentIntent ends ``requires_capture``) and confirms the order; the outbox
 consumer captures before it fulfils; a compensation voids instead of refunding; a crash around the capture
-is finished by recovery with one capture; a capture Stripe refuses hands the order to staff. The emulator is
-the witness of the money (its PaymentIntents, charges and events). The real worker:
-tests/e2e/test_manual_capture.py.
+is finished by recovery with one capture; a capture Stripe refuses hands the order to staff; the beat task's
+body settles authorizations older than ``CARTFLOW_CAPTURE_WITHIN_HOURS``. The emulator is the witness of the
+money (its PaymentIntents, charges and events). The real worker and beat: tests/e2e/test_manual_capture.py and
+tests/cartflow/test_scheduled_jobs.py.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from cart.identity import cart_ref_for_token
 from cartflow.invariants import run_all
 from inventory.services import reservation_release
 from orders.models import CheckoutSaga, Order, Outbox
+from orders.saga.authorizations import authorizations_due, authorizations_settle
 from orders.saga.crashpoints import SimulatedCrash, crash_points
-from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_start, saga_recover
+from orders.saga.driver import checkout_cancel, checkout_confirm, checkout_payment_intent, checkout_start, saga_recover
 from orders.services import outbox_process_pending
 from payments.gateway import payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
@@ -219,6 +224,56 @@ def test_a_capture_while_stripe_is_away_is_retried_under_the_same_key(stripe_emu
     invariants_hold()
 
 
+# --- the beat task's body: authorizations older than CARTFLOW_CAPTURE_WITHIN_HOURS ---------------------------
+
+
+def _aged(saga: CheckoutSaga, hours: float) -> None:
+    """The authorization (its Payment row and its order) made ``hours`` ago."""
+    then = timezone.now() - timedelta(hours=hours)
+    Payment.objects.filter(order_id=saga.order.public_id).update(created=then)
+    Order.objects.filter(pk=saga.order_id).update(created_at=then)
+
+
+def test_an_authorization_left_uncaptured_is_captured_when_its_order_goes_on(stripe_emulator):
+    product = make_product()
+    saga = _authorized(stripe_emulator, product)  # its fulfilment has not run (the outbox consumer is down)
+    _aged(saga, 143)
+    assert authorizations_due() == []  # inside the window: fulfilment's to capture
+    _aged(saga, 145)
+    assert authorizations_due() == [saga.pk]
+    assert authorizations_settle()["captured"] == 1
+    saga = _reload(saga)
+    assert (saga.state, saga.step, saga.step_status) == ("confirmed", "capture", "done")
+    assert _stripe(stripe_emulator, saga)["amount_received"] == 2500
+    assert authorizations_due() == []
+    outbox_process_pending()  # fulfilment, once it runs, does not capture again
+    assert _reload(saga).state == "fulfilled" and _captures(stripe_emulator) == 1
+    invariants_hold()
+
+
+def test_an_authorization_standing_on_an_ended_checkout_is_voided(stripe_emulator):
+    """The safety net behind the compensation: a checkout that ended while Stripe still holds its authorization
+    (here the buyer confirmed the checkout's intent with Stripe.js and the news was lost, and the checkout's
+    end is written directly, as if its void had been given up on). The beat task voids it."""
+    product = make_product()
+    saga = _checkout(product)
+    intent_id = checkout_payment_intent(saga_id=saga.pk).payment_intent_id
+    stripe_emulator.client().v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
+    assert stripe_emulator.events("payment_intent.amount_capturable_updated")
+    reservation_release(holder=saga.public_id)
+    CheckoutSaga.objects.filter(pk=saga.pk).update(state="expired")
+    Order.objects.filter(pk=saga.order_id).update(status="cancelled")
+    Payment.objects.filter(order_id=saga.order.public_id).update(status="requires_capture")
+    _aged(saga, 145)
+
+    assert authorizations_settle()["voided"] == 1
+    saga = _reload(saga)
+    assert _stripe(stripe_emulator, saga)["status"] == "canceled" and _refunds(stripe_emulator) == 0
+    assert Payment.objects.get(order_id=saga.order.public_id).status == "canceled"
+    assert authorizations_due() == []
+    invariants_hold()
+
+
 # --- check_invariants knows authorizations ----------------------------------------------------------------
 
 
@@ -237,6 +292,9 @@ def test_the_invariants_catch_an_authorization_left_behind(stripe_emulator):
     order.update(status="confirmed", payment_status="canceled")  # the authorization gone, and nobody told
     assert list(_violations()) == ["orders: a confirmed order whose authorization is gone waits for staff"]
     order.update(payment_status="requires_capture")
+    _aged(saga, 147)  # past the window and the beat task's two hourly turns
+    assert list(_violations()) == ["orders: no authorization outlives the capture window"]
+    _aged(saga, 0)
     CheckoutSaga.objects.filter(pk=saga.pk).update(state="cancelled")
     order.update(status="cancelled")  # ended, its authorization not voided (and its stock still sold)
     assert "orders: an authorized order is confirmed or fulfilled" in _violations()

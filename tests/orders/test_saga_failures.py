@@ -354,6 +354,7 @@ def test_beat_schedules_exist():
     assert set(PeriodicTask.objects.filter(name__startswith="orders:").values_list("task", flat=True)) == {
         "orders.tasks.recover_sagas_task",
         "orders.tasks.outbox_sweep_task",
+        "orders.tasks.authorizations_settle_task",
     }
 
 
