@@ -26,7 +26,7 @@ from orders.services import outbox_process_pending
 from payments.gateway import payment_intent_retrieve
 from payments.hooks import intent_listeners_notify
 from payments.models import Payment
-from tests.support.saga import guest_with_cart, held, invariants_hold, later, make_product, stock
+from tests.support.saga import guest_with_cart, held, intents_of_order, invariants_hold, later, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DAYS_7 = 7 * 24 * 3600
@@ -159,6 +159,30 @@ def test_an_authorization_whose_stock_is_gone_is_voided(stripe_emulator):
     assert saga.state == "failed" and _stripe(stripe_emulator, saga)["status"] == "canceled"
     assert _captures(stripe_emulator) == 0 and _refunds(stripe_emulator) == 0
     assert ("cancel_payment_intent", "done") in _steps(saga) and ("refund", "about_to") not in _steps(saga)
+    invariants_hold()
+
+
+def test_an_authorization_that_lands_on_an_ended_checkout_is_voided_by_the_listener(stripe_emulator, settings):
+    """The checkout never learnt its PaymentIntent (the create's answers were lost), and its cancel could not
+    ask Stripe for it either, so the intent outlived the checkout. The buyer then authorizes it with Stripe.js:
+    the webhook's listener adopts the intent and voids it, as it refunds money landing on a dead checkout."""
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    product = make_product()
+    saga = _checkout(product)
+    stripe_emulator.add_fault("POST /v1/payment_intents", "lose_response")
+    with pytest.raises(Exception) as lost:
+        checkout_payment_intent(saga_id=saga.pk)
+    assert getattr(lost.value, "code", "") == "payment_provider_unavailable"
+    stripe_emulator.add_fault("POST /v1/payment_intents", "http_500")
+    assert checkout_cancel(saga_id=saga.pk).state == "cancelled" and not _reload(saga).payment_intent_id
+    [stray] = intents_of_order(stripe_emulator, saga.order.public_id)
+    stripe_emulator.client().v1.payment_intents.confirm(stray, params={"payment_method": "pm_card_visa"})
+
+    intent_listeners_notify(intent=payment_intent_retrieve(intent_id=stray), source="webhook")
+    saga = _reload(saga)
+    assert (saga.state, saga.payment_intent_id) == ("cancelled", stray)
+    assert payment_intent_retrieve(intent_id=stray).status == "canceled"
+    assert _captures(stripe_emulator) == 0 and _refunds(stripe_emulator) == 0
     invariants_hold()
 
 
