@@ -25,14 +25,15 @@ from cartflow.celery import app
 
 TAG = "celery_beat"
 
-# PeriodicTask name → task, as created by inventory/migrations/0003 and 0004, orders/migrations/0002 and
-# 0004, and payments/migrations/0002. A migration that renames or adds a schedule updates this table too.
+# PeriodicTask name → task, as created by inventory/migrations/0003 and 0004, orders/migrations/0002, 0004
+# and 0006, and payments/migrations/0002. A migration that renames or adds a schedule updates this table too.
 EXPECTED_SCHEDULES: dict[str, str] = {
     "inventory: release expired reservations": "inventory.tasks.release_expired_reservations",
     "inventory: flash-sale pool sweep": "inventory.tasks.flash_pool_sweep",
     "orders: recover sagas": "orders.tasks.recover_sagas_task",
     "orders: outbox sweep": "orders.tasks.outbox_sweep_task",
     "orders: webhook deliveries sweep": "orders.tasks.webhook_sweep_task",
+    "orders: settle due authorizations": "orders.tasks.authorizations_settle_task",
     "payments: reconcile with Stripe": "payments.tasks.reconcile_payments_task",
 }
 

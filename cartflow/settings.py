@@ -358,6 +358,16 @@ CARTFLOW_STRIPE_RATE = env_float(
 # CARTFLOW_STRIPE_WAIT_SECONDS: how long a buyer's Stripe call waits for the budget before 503
 # payment_provider_busy (nothing sent); background calls wait longer (payments/budget.py).
 CARTFLOW_STRIPE_WAIT_SECONDS = env_float("CARTFLOW_STRIPE_WAIT_SECONDS", 2.0)
+# CARTFLOW_CAPTURE_METHOD: "automatic" (the charge is captured at confirm) or "manual" (confirm only
+# authorizes; fulfilment captures, a compensation voids; docs/payments.md, "Authorize now, capture at fulfilment").
+CARTFLOW_CAPTURE_METHOD = os.environ.get("CARTFLOW_CAPTURE_METHOD", "automatic").strip().lower()
+if CARTFLOW_CAPTURE_METHOD not in ("automatic", "manual"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"CARTFLOW_CAPTURE_METHOD is automatic or manual, not {CARTFLOW_CAPTURE_METHOD!r}.")
+# CARTFLOW_CAPTURE_WITHIN_HOURS: an authorization still uncaptured this long after it was made is captured
+# (its order confirmed) or voided by the hourly beat task; Stripe itself cancels one after 7 days (168 h).
+CARTFLOW_CAPTURE_WITHIN_HOURS = env_float("CARTFLOW_CAPTURE_WITHIN_HOURS", 144.0)
 # Stripe webhook processing: retries (exponential backoff from the base, capped at 600 s) before an event is parked.
 CARTFLOW_WEBHOOK_MAX_RETRIES = env_int("CARTFLOW_WEBHOOK_MAX_RETRIES", 8)
 CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS = env_float("CARTFLOW_WEBHOOK_RETRY_BASE_SECONDS", 2.0)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Count, Q, Sum
+from django.utils import timezone
 
 from cartflow.invariants import invariant
 from inventory.models import Reservation
@@ -29,6 +32,48 @@ def paid_order_confirmed_or_refunded() -> list[str]:
         .values_list("public_id", "status")
     )
     return [f"order {oid} was charged but is {status} and not refunded" for oid, status in rows]
+
+
+@invariant("orders: an authorized order is confirmed or fulfilled")
+def authorized_order_goes_on_or_is_voided() -> list[str]:
+    # An authorization (manual capture) on a checkout that ended must have been voided. Settled only, as above.
+    rows = (
+        Order.objects.filter(payment_status="requires_capture")
+        .exclude(status__in=["confirmed", "fulfilled"])
+        .exclude(saga__state__in=CheckoutSaga.ACTIVE)
+        .values_list("public_id", "status")
+    )
+    return [f"order {oid} holds an authorization but is {status} and it was not voided" for oid, status in rows]
+
+
+@invariant("orders: a fulfilled order's payment was captured")
+def fulfilled_order_captured() -> list[str]:
+    # Fulfilment captures before it hands an order on; an order fulfilled uncaptured would be goods unpaid for.
+    rows = Order.objects.filter(status="fulfilled", payment_status__in=["requires_capture", "canceled"])
+    return [
+        f"order {oid} was fulfilled but its payment is {status}"
+        for oid, status in rows.values_list("public_id", "payment_status")
+    ]
+
+
+@invariant("orders: a confirmed order whose authorization is gone waits for staff")
+def lost_authorization_flagged() -> list[str]:
+    rows = Order.objects.filter(status="confirmed", payment_status="canceled", flagged_for_review=False)
+    return [
+        f"order {oid} is confirmed with its authorization canceled, and it is not flagged for review"
+        for oid in rows.values_list("public_id", flat=True)
+    ]
+
+
+@invariant("orders: no authorization outlives the capture window")
+def authorizations_settled_in_time() -> list[str]:
+    # The beat task runs hourly: two more hours past CARTFLOW_CAPTURE_WITHIN_HOURS and it has missed its turn.
+    hours = settings.CARTFLOW_CAPTURE_WITHIN_HOURS + 2
+    rows = Payment.objects.filter(status="requires_capture", created__lt=timezone.now() - timedelta(hours=hours))
+    return [
+        f"order {oid}'s authorization {pi} was neither captured nor voided within {hours:g} h"
+        for oid, pi in rows.values_list("order_id", "intent_id")
+    ]
 
 
 @invariant("orders: at most one succeeded PaymentIntent per order")

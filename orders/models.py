@@ -42,6 +42,7 @@ class Order(models.Model):
         REQUIRES_PAYMENT_METHOD = "requires_payment_method"
         REQUIRES_ACTION = "requires_action"
         PROCESSING = "processing"
+        REQUIRES_CAPTURE = "requires_capture"  # authorized, captured at fulfilment (CARTFLOW_CAPTURE_METHOD=manual)
         SUCCEEDED = "succeeded"
         CANCELED = "canceled"
         REFUNDED = "refunded"

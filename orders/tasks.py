@@ -1,4 +1,5 @@
-"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery, outbound webhooks."""
+"""Thin Celery tasks: fulfilment from the outbox, the outbox sweep, saga recovery, due authorizations,
+outbound webhooks."""
 
 from __future__ import annotations
 
@@ -8,19 +9,23 @@ from redis.exceptions import RedisError
 from orders import services
 from orders.errors import CheckoutInProgress
 from orders.outbound import delivery as webhooks_out
+from orders.saga.authorizations import authorizations_settle
 from orders.saga.driver import saga_recover
 from payments import budget as stripe_budget
+from payments.errors import PaymentProviderBusy, PaymentTransientError
 
 
 @shared_task(
-    autoretry_for=(CheckoutInProgress, RedisError, ConnectionError),
+    # Stripe errors: fulfilment captures an authorized order first, and retries the capture under its key.
+    autoretry_for=(CheckoutInProgress, RedisError, ConnectionError, PaymentTransientError, PaymentProviderBusy),
     retry_backoff=2,
     retry_backoff_max=300,
     max_retries=None,
     acks_late=True,
 )
 def outbox_process_task(outbox_id: int) -> None:
-    services.outbox_process(outbox_id=outbox_id)
+    with stripe_budget.background():  # a capture at fulfilment yields to buyers' calls (payments/budget.py)
+        services.outbox_process(outbox_id=outbox_id)
 
 
 @shared_task
@@ -32,6 +37,13 @@ def outbox_sweep_task() -> int:
 def recover_sagas_task() -> dict[str, int]:
     with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
         return saga_recover()
+
+
+@shared_task
+def authorizations_settle_task() -> dict[str, int]:
+    """Hourly (django-celery-beat): capture or void authorizations older than CARTFLOW_CAPTURE_WITHIN_HOURS."""
+    with stripe_budget.background():
+        return authorizations_settle()
 
 
 # --- outbound webhooks (orders/outbound/delivery.py) --------------------------------------------------------

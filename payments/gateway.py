@@ -172,6 +172,7 @@ def _to_result(pi: Any, **overrides: Any) -> IntentResult:
         charges = data["charges"].get("data") or []
         charge = charges[-1] if charges else {}
     lpe = data.get("last_payment_error") or {}
+    received = int(data.get("amount_received") or 0)
     values: dict[str, Any] = {
         "intent_id": data["id"],
         "status": data["status"],
@@ -183,13 +184,29 @@ def _to_result(pi: Any, **overrides: Any) -> IntentResult:
         "error_code": lpe.get("code"),
         "error_message": lpe.get("message"),
         "metadata": dict(data.get("metadata") or {}),
-        "amount_refunded": int(charge.get("amount_refunded") or 0),
+        "amount_refunded": _money_refunded(charge),
+        "amount_received": received,
+        "amount_capturable": int(data.get("amount_capturable") or 0),
         "disputed": bool(charge.get("disputed")),
         "charge_id": charge.get("id")
         or (data.get("latest_charge") if isinstance(data.get("latest_charge"), str) else None),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return IntentResult(**values)
+
+
+def _money_refunded(charge: dict[str, Any]) -> int:
+    """What was given back of what was taken. Stripe counts an authorization's released hold in the charge's
+    ``amount_refunded`` (a void, an expiry, the uncaptured rest of a partial capture), but no money moved:
+    an order's refunds are only what exceeds that release. Charges without ``amount_captured`` (older API
+    versions, localstripe) count as captured whole."""
+    refunded = int(charge.get("amount_refunded") or 0)
+    if "amount_captured" not in charge:
+        return refunded
+    if charge.get("captured") is False:
+        return 0
+    released = int(charge.get("amount") or 0) - int(charge.get("amount_captured") or 0)
+    return max(0, refunded - released)
 
 
 def _retrieve(intent_id: str) -> IntentResult:
@@ -276,13 +293,16 @@ def _stripe_write(
 
 
 def _intent_params(*, order_id: str, checkout_id: str, amount: int, currency: str, email: str | None) -> dict[str, Any]:
-    """What every PaymentIntent of an order is created with: card only, metadata linking it back to the order."""
+    """What every PaymentIntent of an order is created with: card only, metadata linking it back to the order,
+    and with ``CARTFLOW_CAPTURE_METHOD=manual`` an authorization only (the order's fulfilment captures it)."""
     params: dict[str, Any] = {
         "amount": amount,
         "currency": currency.lower(),
         "payment_method_types": ["card"],
         "metadata": {"order_id": order_id, "checkout_id": checkout_id},
     }
+    if settings.CARTFLOW_CAPTURE_METHOD == "manual":
+        params["capture_method"] = "manual"
     if email:
         params["receipt_email"] = email
     return params
@@ -390,6 +410,22 @@ def payment_intent_cancel(call: _Call, *, order_id: str, intent_id: str) -> Inte
         if _code(exc) != "payment_intent_unexpected_state":
             raise
         return _retrieve(intent_id)  # a state race: the re-read PaymentIntent is the real answer
+
+
+@_stripe_write("capture", key="cf:{order_id}:capture")
+def payment_intent_capture(call: _Call, *, order_id: str, intent_id: str, amount: int | None = None) -> IntentResult:
+    """Take the money an authorization holds (``requires_capture``): all of it, or ``amount``. One key per
+    order: a replay after a lost answer returns the capture Stripe made, never a second one. Nothing left to
+    capture (captured already, voided, or the authorization expired at Stripe) → the PaymentIntent as it is:
+    ``succeeded`` or ``canceled``, for the caller to read."""
+    params: dict[str, Any] = {} if amount is None else {"amount_to_capture": amount}
+    try:
+        pi = _client().v1.payment_intents.capture(intent_id, params=params, options={"idempotency_key": call.key})
+        return _to_result(pi)
+    except stripe.InvalidRequestError as exc:
+        if _code(exc) != "payment_intent_unexpected_state":
+            raise
+        return _retrieve(intent_id)  # the re-read PaymentIntent is the real answer
 
 
 @_stripe_write("refund", key="cf:{order_id}:refund")

@@ -26,7 +26,10 @@ class IntentResult:
     error_code: str | None = None
     error_message: str | None = None
     metadata: dict = field(default_factory=dict)
+    # Money given back (refunds), never the released rest of an authorization (docs/payments.md).
     amount_refunded: int = 0
+    amount_received: int = 0  # taken: captured at confirm, or by a capture (manual capture)
+    amount_capturable: int = 0  # held on the card by an authorization (``requires_capture``), not taken yet
     disputed: bool = False
     charge_id: str | None = None
 

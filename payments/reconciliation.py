@@ -5,9 +5,14 @@ Drift kinds (a row can show several):
 - ``succeeded_in_stripe_only``: Stripe charged, we did not record it (a lost response, a missed webhook)
   → sync the row and tell the listeners (source ``"reconcile"``) so the order catches up.
 - ``succeeded_here_only``: we think it is paid, Stripe does not → sync the row and tell the listeners.
+- ``authorized_in_stripe_only``: Stripe holds an authorization (manual capture) we did not record → sync the
+  row and tell the listeners, so the order is confirmed (and its fulfilment captures).
+- ``authorization_lost``: we hold an authorization that Stripe canceled (voided in the dashboard, or expired
+  before fulfilment captured it) → sync and tell the listeners; a human looks unless the order was cancelled.
 - ``status_drift`` / ``refund_drift``: any other difference in status or refunded amount → sync.
 - ``charge_on_cancelled_order``: the order was cancelled but the charge stands → refund it.
-- ``open_intent_on_cancelled_order``: the order was cancelled, the PaymentIntent is still open → cancel it.
+- ``open_intent_on_cancelled_order`` / ``authorization_on_cancelled_order``: the order was cancelled, the
+  PaymentIntent is still open or holds an authorization → cancel it (an authorization is voided, not refunded).
 - ``dispute``: the charge is disputed → a human answers it in Stripe's dashboard.
 
 Stripe calls happen outside any transaction; each repair is its own short write.
@@ -130,6 +135,13 @@ def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
     elif payment.status == "succeeded" and not intent.succeeded:
         row.drift.append("succeeded_here_only")
         changed = True
+    elif intent.status == "requires_capture" and payment.status != "requires_capture":
+        row.drift.append("authorized_in_stripe_only")
+        changed = True
+    elif payment.status == "requires_capture" and intent.canceled:
+        row.drift.append("authorization_lost")
+        row.needs_human = payment.order_cancelled_at is None  # a live order can no longer be paid with it
+        changed = True
     elif payment.status != intent.status:
         row.drift.append("status_drift")
         changed = True
@@ -171,9 +183,10 @@ def _settle_cancelled_order(row: ReconcileRow, payment: Payment, intent: IntentR
             if refund.status not in ("succeeded", "pending"):
                 row.needs_human = True
         elif intent.status in CANCELABLE:
-            row.drift.append("open_intent_on_cancelled_order")
+            authorized = intent.status == "requires_capture"
+            row.drift.append("authorization_on_cancelled_order" if authorized else "open_intent_on_cancelled_order")
             intent = payment_intent_cancel(order_id=payment.order_id, intent_id=intent.intent_id)
-            row.actions.append(f"cancelled intent ({intent.status})")
+            row.actions.append(f"{'voided authorization' if authorized else 'cancelled intent'} ({intent.status})")
             if intent.succeeded:  # it succeeded meanwhile: next run refunds it
                 row.needs_human = True
         else:

@@ -29,3 +29,10 @@ def payments_to_reconcile(*, since: datetime | None = None, ids: list[int] | Non
 
 def webhook_event_get(*, event_id: str) -> WebhookEvent | None:
     return WebhookEvent.objects.filter(event_id=event_id).first()
+
+
+def authorizations_made_before(*, before: datetime) -> QuerySet[Payment]:
+    """Payments whose PaymentIntent holds an authorization (manual capture) made before ``before``, oldest
+    first. The row is created by the first call that made the intent, so ``created`` is no later than the
+    authorization: an age measured from it errs on the early side of Stripe's seven days."""
+    return Payment.objects.filter(status="requires_capture", created__lt=before).order_by("created", "id")

@@ -430,7 +430,8 @@ class EmulatorServer:
             if route == ("POST", "/_emulator/clock"):
                 with self.state.lock:
                     self.state.clock_offset += float(data.get("advance_seconds", 0))
-                    return 200, {"now": self.state.now(), "offset": self.state.clock_offset}
+                    expired = self.state.expire_authorizations()  # time passed for the authorizations too
+                    return 200, {"now": self.state.now(), "offset": self.state.clock_offset, "expired": expired}
             found = re.match(r"^/_emulator/payment_intents/([A-Za-z0-9_]+)/authenticate$", path)
             if method == "POST" and found:
                 outcome = data.get("outcome", "succeed")

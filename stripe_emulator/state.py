@@ -16,6 +16,9 @@ from .testcards import GENERIC_DECLINE, TEST_CARDS, TestCard
 
 _CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation", "requires_action", "processing")
 _CONFIRMABLE = ("requires_payment_method", "requires_confirmation", "requires_action")
+# How long Stripe keeps an online card authorization (``requires_capture``) before it cancels the
+# PaymentIntent itself: seven days from the authorization.
+AUTHORIZATION_SECONDS = 7 * 24 * 3600
 _CREATE_PARAMS = {
     "amount", "currency", "confirm", "payment_method", "payment_method_types", "metadata", "capture_method",
     "confirmation_method", "description", "receipt_email", "customer", "automatic_payment_methods", "return_url",
@@ -165,6 +168,7 @@ class EmulatorState(Store):
                 param="cancellation_reason",
             )
         with self.lock:
+            self.expire_authorizations()
             pi = self._intent(pi_id)
             if pi["status"] not in _CANCELABLE:
                 raise unexpected_state(
@@ -172,18 +176,7 @@ class EmulatorState(Store):
                     "PaymentIntent with one of the following statuses may be canceled: " + ", ".join(_CANCELABLE) + ".",
                     payment_intent=self.render(pi),
                 )
-            if pi["status"] == "requires_capture" and pi["latest_charge"]:
-                charge = self.charges[pi["latest_charge"]]
-                charge["amount_refunded"] = charge["amount"]
-                charge["refunded"] = True
-            pi.update(
-                status="canceled",
-                canceled_at=int(self.now()),
-                cancellation_reason=reason,
-                amount_capturable=0,
-                next_action=None,
-            )
-            self._emit("payment_intent.canceled", pi, req)
+            self._cancel(pi, reason, req)
             return self.render(pi, params.get("expand"))
 
     def payment_intent_capture(
@@ -191,6 +184,7 @@ class EmulatorState(Store):
     ) -> dict[str, Any]:
         reject_unknown(params, {"amount_to_capture", "expand", "metadata", "statement_descriptor", "final_capture"})
         with self.lock:
+            self.expire_authorizations()
             pi = self._intent(pi_id)
             if pi["status"] != "requires_capture":
                 raise unexpected_state(
@@ -215,6 +209,21 @@ class EmulatorState(Store):
             self._emit("charge.captured", charge, req)
             self._emit("payment_intent.succeeded", pi, req)
             return self.render(pi, params.get("expand"))
+
+    def expire_authorizations(self) -> list[str]:
+        """Cancel every authorization older than :data:`AUTHORIZATION_SECONDS` on the emulator's clock, as
+        Stripe does (``cancellation_reason: automatic``; events ``charge.expired``, ``payment_intent.canceled``).
+        Run before a capture or cancel and when the clock is moved; returns the PaymentIntents it canceled."""
+        with self.lock:
+            cutoff = self.now() - AUTHORIZATION_SECONDS
+            expired = []
+            for pi in self.payment_intents.values():
+                charge = self.charges.get(pi["latest_charge"] or "")
+                if pi["status"] == "requires_capture" and charge is not None and charge["created"] <= cutoff:
+                    self._emit("charge.expired", self._release(charge), None)
+                    self._cancel(pi, "automatic", None)
+                    expired.append(pi["id"])
+            return expired
 
     def payment_intent_authenticate(self, pi_id: str, outcome: str) -> dict[str, Any]:
         """Complete (``succeed``) or fail (``fail``) the 3-D Secure step of a PaymentIntent in ``requires_action``."""
@@ -275,7 +284,9 @@ class EmulatorState(Store):
                     raise no_such("charge", params["charge"], param="charge")
             else:
                 raise missing_param("payment_intent")
-            remaining = charge["amount_captured"] - charge["amount_refunded"]
+            # What was taken and not given back yet: a partial capture's released rest already counts in
+            # ``amount_refunded`` (as Stripe shows it), so it is measured against the whole charge.
+            remaining = charge["amount"] - charge["amount_refunded"]
             if remaining <= 0:
                 raise ApiError(400, f"Charge {charge['id']} has already been refunded.", code="charge_already_refunded")
             amount = parse_int(params.get("amount", remaining), "amount")
@@ -306,7 +317,7 @@ class EmulatorState(Store):
             }
             self.refunds[refund["id"]] = refund
             charge["amount_refunded"] += amount
-            charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
             charge["refunds"]["data"].insert(0, copy.deepcopy(refund))
             charge["refunds"]["total_count"] += 1
             self._emit("refund.created", refund, req)
@@ -314,6 +325,26 @@ class EmulatorState(Store):
             return self.render(refund, params.get("expand"))
 
     # -- internals --------------------------------------------------------------------------------------------
+    def _cancel(self, pi: dict[str, Any], reason: str | None, req: RequestInfo | None) -> None:
+        """``canceled``; an authorization's hold is released: its uncaptured charge shows as refunded."""
+        if pi["status"] == "requires_capture" and pi["latest_charge"]:
+            self._release(self.charges[pi["latest_charge"]])
+        pi.update(
+            status="canceled",
+            canceled_at=int(self.now()),
+            cancellation_reason=reason,
+            amount_capturable=0,
+            next_action=None,
+        )
+        self._emit("payment_intent.canceled", pi, req)
+
+    @staticmethod
+    def _release(charge: dict[str, Any]) -> dict[str, Any]:
+        """The held amount goes back to the card: Stripe shows an uncaptured charge released as refunded."""
+        charge["amount_refunded"] = charge["amount"]
+        charge["refunded"] = True
+        return charge
+
     def _confirm(self, pi: dict[str, Any], params: dict[str, Any], req: RequestInfo | None) -> None:
         if params.get("payment_method"):
             pi["payment_method"] = self._payment_method(params["payment_method"])["id"]

@@ -10,10 +10,12 @@
                            storefront confirms with Stripe.js)
                            the order's one PI, unconfirmed
     charge                 attempt 1 without an intent: create  refund         (when the PI had succeeded)
-                           AND confirm the order's one PI in
-                           one call; otherwise confirm that PI
+                           AND confirm the order's one PI in    cancel_payment_intent (an authorization,
+                           one call; otherwise confirm that PI  requires_capture: voided, nothing refunded)
     confirm                commit the hold, order confirmed,    —  (a confirmed order is never compensated)
                            outbox event order.confirmed
+    capture                (outbox consumer, manual capture     —  (refused: the order waits for staff)
+                           only) take the authorized money
     fulfil                 (outbox consumer) order fulfilled,   —
                            cart cleared, order.confirmed logged
 
@@ -24,6 +26,7 @@ file imports nothing, so the modules may import each other through the package w
     steps.py           each step beside its undo
     payment_steps.py   the steps that call Stripe, each beside its undo, and how a charge's outcome is applied
     intent_outcome.py  what a PaymentIntent's state means for a checkout (the one place that decides)
+    authorizations.py  the beat task that captures or voids authorizations left uncaptured too long
     listeners.py       what inventory (hold expired, keep the hold?) and payments (an intent changed) call
     lease.py           one process drives a saga at a time
     persistence.py     every write: one version-checked statement, with the step's order and outbox writes

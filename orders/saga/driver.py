@@ -3,14 +3,15 @@
     checkout_start            reserve → create_order                       (no Stripe call)
     checkout_payment_intent   create_payment_intent                        (a Stripe.js storefront)
     checkout_confirm          charge → confirm
-    saga_fulfil               fulfil                                       (the outbox consumer)
+    saga_fulfil               capture (if authorized) → fulfil             (the outbox consumer)
     checkout_cancel           compensate to cancelled
     saga_resume               whatever was left: settle, confirm, compensate (recovery, admin)
     saga_compensate           compensate                                   (admin)
     saga_recover              saga_resume for every stuck saga             (beat, ``recover_sagas``)
 
 Each runs while holding the saga's lease (orders/saga/lease.py). :func:`compensate` undoes a saga in
-reverse order: refund or cancel_payment_intent → cancel_order → release.
+reverse order: refund or cancel_payment_intent (which voids an authorization) → cancel_order → release.
+Authorizations that fulfilment did not capture in time are settled by orders/saga/authorizations.py (beat).
 """
 
 from __future__ import annotations
@@ -308,12 +309,18 @@ def _hold_lapsed(saga: CheckoutSaga) -> bool:
 
 
 def saga_fulfil(*, checkout_id: str, outbox_id: int | None = None) -> CheckoutSaga:
-    """Fulfil a confirmed checkout and mark its outbox event processed. Idempotent (at-least-once consumer)."""
+    """Fulfil a confirmed checkout and mark its outbox event processed. Idempotent (at-least-once consumer).
+
+    Authorize now, capture at fulfilment: an order whose money is only authorized is captured first, and
+    handed on only once captured. A capture Stripe refuses ends the event too (the order waits for staff,
+    see ``payment_steps.capture``); a transient failure raises, and the outbox task retries."""
     saga_pk = CheckoutSaga.objects.values_list("pk", flat=True).get(public_id=checkout_id)
     with driving(saga_pk, wait=2.0) as saga:
-        if saga.state == S.CONFIRMED:
+        if saga.state == S.CONFIRMED and payment_steps.capture_due(saga):
+            payment_steps.capture(saga)
+        if saga.state == S.CONFIRMED and not payment_steps.capture_refused(saga):
             steps.fulfil(saga)
-        if outbox_id is not None and saga.state == S.FULFILLED:
+        if outbox_id is not None and (saga.state == S.FULFILLED or payment_steps.capture_refused(saga)):
             Outbox.objects.filter(pk=outbox_id, processed_at__isnull=True).update(processed_at=timezone.now())
         return saga
 
@@ -347,7 +354,8 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
     """Undo in reverse order, each undo safe twice, then end in ``to`` (failed / expired / cancelled).
 
     When expiring finds the PaymentIntent already succeeded (the buyer paid as the hold lapsed), the order
-    is confirmed if the stock can still be taken, otherwise refunded.
+    is confirmed if the stock can still be taken, otherwise refunded. An authorization (manual capture) is
+    voided by cancelling its PaymentIntent, expiry included: nothing was taken, so nothing is refunded.
     """
     if saga.state in (S.CONFIRMED, S.FULFILLED) or saga.is_terminal:
         return
@@ -416,6 +424,8 @@ def saga_resume(*, saga_id: int) -> CheckoutSaga:
             settle_charge(saga)  # a lost webhook: ask Stripe
         if saga.state == S.PAID and not saga.compensate_to:
             confirm(saga)
+        if saga.state == S.CONFIRMED and pending(saga, "capture"):
+            payment_steps.capture(saga)  # a capture cut off mid-way: replayed under its key; the outbox fulfils
         if saga.state in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION) and _hold_lapsed(saga):
             compensate(saga, to=S.EXPIRED, code="reservation_expired", message="The hold expired.")
         return saga

@@ -59,10 +59,10 @@ def saga_keeps_hold(holder: str) -> bool:
 
 
 def saga_settled_for_intent(intent_id: str, status: str) -> bool:
-    """payments' settled check: a paid intent whose checkout is confirmed (or fulfilled) needs nothing
-    more from :func:`saga_on_intent` (which would take the lease, see the state and do nothing)."""
+    """payments' settled check: a paid (or authorized) intent whose checkout is confirmed (or fulfilled) needs
+    nothing more from :func:`saga_on_intent` (which would take the lease, see the state and do nothing)."""
     return (
-        status_outcome(status) is IntentOutcome.PAID
+        status_outcome(status) in (IntentOutcome.PAID, IntentOutcome.AUTHORIZED)
         and CheckoutSaga.objects.filter(
             payment_intent_id=intent_id, state__in=[S.CONFIRMED, S.FULFILLED], compensate_to=""
         ).exists()
@@ -104,12 +104,12 @@ def _converge(saga_pk: int, intent: IntentResult, source: str) -> None:
         if saga.compensate_to:
             compensate(saga, to=saga.compensate_to)
         elif saga.is_terminal or saga.state == S.CONFIRMED:
-            if (
-                outcome is IntentOutcome.PAID
-                and saga.state not in (S.CONFIRMED, S.FULFILLED)
-                and intent.amount_refunded < intent.amount
-            ):
+            dead = saga.state not in (S.CONFIRMED, S.FULFILLED)
+            if outcome is IntentOutcome.PAID and dead and intent.amount_refunded < intent.amount:
                 payment_steps.refund(saga, intent)  # money landed on a dead checkout: give it back
+            elif outcome is IntentOutcome.AUTHORIZED and dead:
+                payment_steps.cancel_payment_intent(saga)  # an authorization on a dead checkout: void it
+            # A confirmed checkout's authorization is its fulfilment's to capture.
         elif saga.state == S.PAID:
             confirm(saga)
         elif saga.state in (S.AWAITING_PAYMENT, S.REQUIRES_ACTION):

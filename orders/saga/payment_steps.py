@@ -1,25 +1,33 @@
 """The steps that call Stripe, each beside its undo: create_payment_intent / cancel_payment_intent, and
 charge / refund, with how a charge's outcome is settled and applied (orders/saga/intent_outcome.py decides
-what the PaymentIntent's state means). The rules are those of orders/saga/steps.py; here, in addition, a
-Stripe outcome that is unknown (timeout, lost response) leaves the step ``indeterminate``, and only the
-PaymentIntent as Stripe has it settles it.
+what the PaymentIntent's state means); and capture, which fulfilment runs first when the charge only
+authorized the money (``CARTFLOW_CAPTURE_METHOD=manual``). The rules are those of orders/saga/steps.py;
+here, in addition, a Stripe outcome that is unknown (timeout, lost response) leaves the step
+``indeterminate``, and only the PaymentIntent as Stripe has it settles it.
+
+An authorization is undone by cancelling its PaymentIntent (a void: the hold goes back to the card and no
+money moved), so ``cancel_payment_intent`` is the undo of a charge that authorized, and ``refund`` only of one
+that captured.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from orders.errors import PaymentDeclined
 from orders.models import CheckoutSaga
 from orders.outbound.events import order_event
 from orders.saga.crashpoints import crash_point
-from orders.saga.intent_outcome import IntentOutcome, intent_outcome
+from orders.saga.intent_outcome import IntentOutcome, holds_authorization, intent_outcome
 from orders.saga.persistence import (
     ABOUT_TO,
     DONE,
     FAILED,
     INDETERMINATE,
     OrderChange,
+    order_flagged_for_review,
     order_paid,
     order_records_intent,
     order_refunded,
@@ -30,6 +38,7 @@ from orders.saga.steps import CompensationRequired, about_to, announce, done, pe
 from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
 from payments.gateway import (
     payment_intent_cancel,
+    payment_intent_capture,
     payment_intent_confirm,
     payment_intent_create,
     payment_intent_create_and_confirm,
@@ -38,6 +47,7 @@ from payments.gateway import (
 )
 from payments.interface import IntentResult
 
+log = structlog.get_logger("cartflow.checkout")
 S = CheckoutSaga.State
 
 
@@ -194,7 +204,8 @@ def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: boo
     PaymentDeclined (``raise_decline``) and CompensationRequired (the intent was canceled)."""
     link = intent_link(saga, intent)
     match intent_outcome(intent):
-        case IntentOutcome.PAID:
+        case IntentOutcome.PAID | IntentOutcome.AUTHORIZED:
+            # An authorization confirms the order like a payment; its money is captured at fulfilment.
             record_paid(saga, intent, **link)
         case IntentOutcome.NEEDS_ACTION:
             done(
@@ -234,8 +245,9 @@ def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: boo
 
 
 def record_paid(saga: CheckoutSaga, intent: IntentResult, **link: Any) -> None:
-    """Persist "charge done": the saga and its order paid. Every caller confirms a paid saga next, so "about to
-    confirm" rides on it, unless the saga is compensating."""
+    """Persist "charge done": the saga and its order paid (or authorized: the order's payment status says
+    ``requires_capture``). Every caller confirms a paid saga next, so "about to confirm" rides on it, unless
+    the saga is compensating."""
     crash_point("charge:after")
     log_rows = [("charge", DONE, {"status": intent.status})]
     step = {"step": "charge", "step_status": DONE}
@@ -319,3 +331,69 @@ def refund(saga: CheckoutSaga, intent: IntentResult) -> None:
         order=order_refunded(refunded.amount),
         event=order_event("order.refunded", key=f"order.refunded:{refunded.refund_id}"),
     )
+
+
+# --- capture (fulfilment's first step when the charge only authorized) --------------------------------------
+
+
+def capture_due(saga: CheckoutSaga) -> bool:
+    """The order's money is authorized and not taken yet, or a capture was cut off (a crash, a lost answer)."""
+    return pending(saga, "capture") or holds_authorization(saga.order.payment_status)
+
+
+def capture_refused(saga: CheckoutSaga) -> bool:
+    """Stripe would not capture (the authorization expired or was voided at Stripe): the saga waits for staff."""
+    return saga.step == "capture" and saga.step_status == FAILED and saga.requires_human
+
+
+def capture(saga: CheckoutSaga) -> None:
+    """Take the authorized money: ONE key for the order (``cf:<order>:capture``), so a capture replayed after a
+    crash or a lost answer returns the one Stripe made, never a second. Outside any transaction, "about to"
+    before and "done" after like every step.
+
+    Captured → "capture done", the order's payment ``succeeded``. Nothing to capture any more (the PaymentIntent
+    is ``canceled``: the authorization expired, or was voided in Stripe's dashboard) or the capture refused →
+    :func:`capture_refused`: the order is not fulfilled; it stays confirmed with its stock, flagged for review
+    and handed to staff (``requires_human``), who cancel it (the stock goes back) or take payment another way.
+    A confirmed order is never compensated by the saga (docs/checkout-saga.md, "When a capture is refused").
+    Raises PaymentTransientError / PaymentProviderBusy (the outbox task retries, with the same key)."""
+    replay = pending(saga, "capture")
+    about_to(saga, "capture")
+    try:
+        intent = payment_intent_capture(order_id=saga.order.public_id, intent_id=saga.payment_intent_id)
+    except PaymentProviderBusy:
+        # Nothing was sent now; a capture whose answer was lost stays to be replayed.
+        save_outcome(saga, "capture", INDETERMINATE if replay else FAILED, details={"error": PaymentProviderBusy.code})
+        raise
+    except PaymentTransientError as exc:
+        save_outcome(saga, "capture", INDETERMINATE, details={"error": str(exc)[:200]})
+        raise
+    except PaymentPermanentError as exc:
+        _record_capture_refused(saga, None, code=exc.stripe_code or "capture_refused", message=str(exc))
+        return
+    match intent_outcome(intent):
+        case IntentOutcome.PAID:
+            details = {"amount": intent.amount_received}
+            done(saga, "capture", details=details, order=order_records_intent(intent))
+        case IntentOutcome.CANCELED:
+            message = "The authorization was canceled at Stripe (expired or voided) before it was captured."
+            _record_capture_refused(saga, intent, code="authorization_canceled", message=message)
+        case _:  # still authorized, or processing: not settled yet; the outbox task asks again
+            save_outcome(saga, "capture", INDETERMINATE, details={"status": intent.status})
+            raise PaymentTransientError(f"The capture of {intent.intent_id} is {intent.status}; asking again later.")
+
+
+def _record_capture_refused(saga: CheckoutSaga, intent: IntentResult | None, *, code: str, message: str) -> None:
+    save_outcome(
+        saga,
+        "capture",
+        FAILED,
+        details={"error": code, **({"status": intent.status} if intent is not None else {})},
+        order=order_flagged_for_review(intent),
+        requires_human=True,
+        human_reason=f"Capture refused ({code}): {message} Nothing was charged; cancel the order to put its "
+        "stock back, or take payment another way.",
+        last_error_code=code[:64],
+        last_error_message=message[:2000],
+    )
+    log.error("capture_refused", checkout_id=saga.public_id, order_id=saga.order.public_id, code=code)

@@ -97,6 +97,14 @@ def order_cancelled() -> OrderChange:
     )
 
 
+def order_flagged_for_review(intent: IntentResult | None) -> OrderChange:
+    """Flagged for staff (Stripe refused to capture its authorization), with the PaymentIntent's status when
+    the refusal came with it."""
+    if intent is None:
+        return OrderChange("flagged_for_review = TRUE", ())
+    return OrderChange("flagged_for_review = TRUE, payment_status = %s", (intent.status,))
+
+
 def order_refunded(amount: int) -> OrderChange:
     return OrderChange("payment_status = %s, amount_refunded = %s", (Order.PaymentStatus.REFUNDED.value, amount))
 

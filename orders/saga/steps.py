@@ -10,8 +10,10 @@ undos in reverse order.
     reserve                release                 steps.py
     create_order           cancel_order            steps.py
     create_payment_intent  cancel_payment_intent   payment_steps.py
-    charge                 refund                  payment_steps.py
+    charge                 refund, or for an       payment_steps.py
+                           authorization cancel_payment_intent (a void)
     confirm                —  (a confirmed order is never compensated)
+    capture                —  (the outbox consumer, first, when the charge only authorized)  payment_steps.py
     fulfil                 —  (the outbox consumer)
 """
 

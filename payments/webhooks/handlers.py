@@ -41,18 +41,25 @@ def event_intent_id(event: dict[str, Any]) -> str:
 # --- handlers: a table from event type to what to do ---
 
 
-def _already_reflected(event: dict[str, Any], intent_id: str) -> bool:
-    """A ``payment_intent.succeeded`` whose success CartFlow has recorded and acted on already.
+# The events that announce a status CartFlow may have recorded and acted on already, and that status.
+_ANNOUNCES = {"payment_intent.succeeded": "succeeded", "payment_intent.amount_capturable_updated": "requires_capture"}
 
-    ``succeeded`` is a PaymentIntent's last status (refunds and disputes arrive as ``charge.*`` events,
-    which are always re-fetched), and the event is signed, so when our Payment row says succeeded and every
-    listener (the checkout) says it is settled at succeeded, re-fetching the intent from Stripe and
-    notifying would change nothing. The synchronous confirm usually gets there before the webhook: this
+
+def _already_reflected(event: dict[str, Any], intent_id: str) -> bool:
+    """A ``payment_intent.succeeded`` (or, with manual capture, ``amount_capturable_updated``) whose news
+    CartFlow has recorded and acted on already.
+
+    The event is signed, so when our Payment row says the status it announces and every listener (the
+    checkout) says it is settled at that status, re-fetching the intent from Stripe and notifying would change
+    nothing. ``succeeded`` is a PaymentIntent's last status (refunds and disputes arrive as ``charge.*``
+    events, which are always re-fetched); an authorization whose row says ``succeeded`` was captured since,
+    and the capture's own event follows. The synchronous confirm usually gets there before the webhook: this
     saves a Stripe read per order (Stripe rate-limits reads) and the worker's lease round trips."""
-    if event["type"] != "payment_intent.succeeded" or event["data"]["object"].get("status") != "succeeded":
+    status = _ANNOUNCES.get(event["type"])
+    if status is None or event["data"]["object"].get("status") != status:
         return False
     recorded = Payment.objects.filter(intent_id=intent_id).values_list("status", flat=True).first()
-    return recorded == "succeeded" and intent_listeners_settled(intent_id=intent_id, status="succeeded")
+    return recorded in (status, "succeeded") and intent_listeners_settled(intent_id=intent_id, status=recorded)
 
 
 def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False) -> None:
@@ -78,6 +85,7 @@ def _with_dispute(intent: IntentResult) -> IntentResult:
 
 HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "payment_intent.succeeded": _sync_and_notify,
+    "payment_intent.amount_capturable_updated": _sync_and_notify,  # authorized (manual capture)
     "payment_intent.payment_failed": _sync_and_notify,
     "payment_intent.canceled": _sync_and_notify,
     "payment_intent.requires_action": _sync_and_notify,

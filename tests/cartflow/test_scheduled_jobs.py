@@ -30,13 +30,14 @@ from tests.support.saga import charges, guest_with_cart, held, invariants_hold, 
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-# The PeriodicTask names the migrations create (inventory 0003/0004, orders 0002, payments 0002).
+# The PeriodicTask names the migrations create (inventory 0003/0004, orders 0002/0005, payments 0002).
 RELEASE_EXPIRED = "inventory: release expired reservations"
 FLASH_POOL_SWEEP = "inventory: flash-sale pool sweep"
 RECOVER_SAGAS = "orders: recover sagas"
 OUTBOX_SWEEP = "orders: outbox sweep"
 WEBHOOK_SWEEP = "orders: webhook deliveries sweep"
 RECONCILE = "payments: reconcile with Stripe"
+SETTLE_AUTHORIZATIONS = "orders: settle due authorizations"
 
 
 @pytest.fixture(autouse=True)
@@ -160,11 +161,33 @@ def test_beat_reconciles_a_payment_that_drifted_from_stripe(stripe_emulator, cel
     invariants_hold()
 
 
+def test_beat_captures_an_authorization_that_fulfilment_left_uncaptured(stripe_emulator, settings, celery_beat_process):
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"  # this process's confirm only authorizes
+    product = make_product(on_hand=5)
+    saga = _checkout(product)
+    assert checkout_confirm(saga_id=saga.pk, payment_method="pm_card_visa").state == "confirmed"
+    saga = _reload(saga)
+    order_id = saga.order.public_id
+    # Its fulfilment never ran (starting beat purges its message, and the outbox sweep is off), and the
+    # authorization is older than CARTFLOW_CAPTURE_WITHIN_HOURS (144 h): Stripe would cancel it within a day.
+    Payment.objects.filter(order_id=order_id).update(created=timezone.now() - timedelta(hours=145))
+    assert payment_intent_retrieve(intent_id=saga.payment_intent_id).status == "requires_capture"
+
+    beat = celery_beat_process(SETTLE_AUTHORIZATIONS)
+    beat.wait_for(lambda: Payment.objects.get(order_id=order_id).status == "succeeded")
+    assert payment_intent_retrieve(intent_id=saga.payment_intent_id).amount_received == 2 * product.price
+    assert _reload(saga).state == "confirmed"  # captured; fulfilment is still the outbox's
+    assert len(stripe_emulator.events("charge.captured")) == 1 and stock(product) == (3, 0)
+    invariants_hold()
+
+
 def test_every_migrated_schedule_has_a_test_here(beat_schedule_as_migrated):
     """A schedule added by a migration without a test above makes this fail (and cartflow/checks.py's list)."""
     from django_celery_beat.models import PeriodicTask
 
     from cartflow.checks import EXPECTED_SCHEDULES
 
-    covered = {RELEASE_EXPIRED, FLASH_POOL_SWEEP, RECOVER_SAGAS, OUTBOX_SWEEP, WEBHOOK_SWEEP, RECONCILE}
+    covered = {
+        RELEASE_EXPIRED, FLASH_POOL_SWEEP, RECOVER_SAGAS, OUTBOX_SWEEP, WEBHOOK_SWEEP, RECONCILE, SETTLE_AUTHORIZATIONS
+    }  # fmt: skip
     assert set(PeriodicTask.objects.values_list("name", flat=True)) == covered == set(EXPECTED_SCHEDULES)

@@ -355,6 +355,7 @@ def test_beat_schedules_exist():
         "orders.tasks.recover_sagas_task",
         "orders.tasks.outbox_sweep_task",
         "orders.tasks.webhook_sweep_task",
+        "orders.tasks.authorizations_settle_task",
     }
 
 

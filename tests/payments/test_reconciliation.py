@@ -109,6 +109,47 @@ def test_an_open_intent_on_a_cancelled_order_is_cancelled(stripe_emulator):
     assert payment_get(order_id="ord_open").status == "canceled"
 
 
+def test_an_authorization_missed_here_is_synced_and_the_order_told(stripe_emulator, settings, told):
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"
+    intent_id = _intent("ord_authorized")
+    # Stripe.js authorized it (manual capture); neither the answer nor the webhook reached us.
+    stripe_emulator.client().v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
+    report = payments_reconcile()
+    [row] = report.rows
+    assert (row.here, row.stripe, row.drift, report.needs_human) == (
+        "requires_payment_method", "requires_capture", ["authorized_in_stripe_only"], False,
+    )  # fmt: skip
+    assert payment_get(order_id="ord_authorized").status == "requires_capture"
+    assert told == [("ord_authorized", "requires_capture", "reconcile")]
+    assert payments_reconcile().rows == []
+
+
+def test_an_authorization_lost_at_stripe_needs_a_human_unless_the_order_was_cancelled(stripe_emulator, settings):
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"
+    for order_id in ("ord_live", "ord_dead"):
+        _intent(order_id, pay=True)
+        assert payment_get(order_id=order_id).status == "requires_capture"
+    payment_mark_order_cancelled(order_id="ord_dead")
+    stripe_emulator.advance_clock(7 * 24 * 3600 + 60)  # Stripe cancelled both: nobody captured them in time
+    report = payments_reconcile()
+    rows = {row.order_id: row for row in report.rows}
+    assert rows["ord_live"].drift == ["authorization_lost"] and rows["ord_live"].needs_human
+    assert rows["ord_dead"].drift == ["authorization_lost"] and not rows["ord_dead"].needs_human
+    assert {payment_get(order_id=o).status for o in rows} == {"canceled"}
+
+
+def test_an_authorization_on_a_cancelled_order_is_voided_not_refunded(stripe_emulator, settings):
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"
+    intent_id = _intent("ord_void", pay=True)
+    payment_mark_order_cancelled(order_id="ord_void")
+    [row] = payments_reconcile().rows
+    assert row.drift == ["authorization_on_cancelled_order"] and row.actions == ["voided authorization (canceled)"]
+    payment = payment_get(order_id="ord_void")
+    assert (payment.status, payment.amount_refunded) == ("canceled", 0)
+    assert stripe_emulator.client().v1.payment_intents.retrieve(intent_id).status == "canceled"
+    assert stripe_emulator.control("GET", "/_emulator/health")["refunds"] == 0
+
+
 def test_a_refund_made_in_the_dashboard_is_picked_up(stripe_emulator):
     intent_id = _intent("ord_dash", pay=True)
     stripe_emulator.client().v1.refunds.create(params={"payment_intent": intent_id, "amount": 500})

@@ -242,6 +242,25 @@ def test_events_out_of_order_and_three_times_over_converge_on_stripes_state(api_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_authorization_and_its_capture_each_reach_the_payment_and_the_listener(
+    api_client, stripe_emulator, settings, seen
+):
+    """Manual capture: ``payment_intent.amount_capturable_updated`` brings the authorization (a 3-D Secure or
+    Stripe.js confirm the HTTP answer did not carry), ``payment_intent.succeeded`` later the capture."""
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"
+    intent = payment_intent_create(order_id="ord_auth", checkout_id="chk", amount=3000, currency="usd")
+    stripe_emulator.client().v1.payment_intents.confirm(intent.intent_id, params={"payment_method": "pm_card_visa"})
+    [authorized] = _deliver_all(api_client, stripe_emulator, ("payment_intent.amount_capturable_updated",))
+    assert webhook_event_process(event_id=authorized).status == "processed"
+    assert payment_get(order_id="ord_auth").status == "requires_capture"
+    stripe_emulator.client().v1.payment_intents.capture(intent.intent_id)
+    [captured] = _deliver_all(api_client, stripe_emulator, ("payment_intent.succeeded",))
+    assert webhook_event_process(event_id=captured).status == "processed"
+    assert payment_get(order_id="ord_auth").status == "succeeded"
+    assert seen == [(intent.intent_id, "requires_capture", "webhook"), (intent.intent_id, "succeeded", "webhook")]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_stale_read_never_regresses_a_terminal_status(stripe_emulator):
     from dataclasses import replace
 
@@ -391,6 +410,24 @@ def test_a_success_already_reflected_skips_the_stripe_read_only_when_every_liste
         assert payment_get(order_id=order_id).amount_refunded == 500 and calls[-1] == "succeeded"
     finally:
         unregister_intent_listener(listener)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_authorization_already_reflected_or_captured_since_skips_the_stripe_read(
+    api_client, stripe_emulator, settings
+):
+    settings.CARTFLOW_CAPTURE_METHOD = "manual"
+    for order_id, then_captured in (("ord_held", False), ("ord_taken", True)):
+        intent = payment_intent_create(order_id=order_id, checkout_id="chk", amount=3000, currency="usd")
+        payment_intent_confirm(order_id=order_id, intent_id=intent.intent_id, payment_method="pm_card_visa", attempt=1)
+        if then_captured:  # the capture is recorded before its authorization's event is processed
+            Payment.objects.filter(order_id=order_id).update(status="succeeded")
+    asked: list[str] = []
+    register_intent_listener(lambda intent, source: None, settled=lambda pi, status: asked.append(status) or True)
+    stripe_emulator.add_fault("GET /v1/payment_intents/*", "http_500", times=100)  # any re-fetch would fail
+    for event_id in _deliver_all(api_client, stripe_emulator, ("payment_intent.amount_capturable_updated",)):
+        assert webhook_event_process(event_id=event_id).status == "processed"
+    assert asked == ["requires_capture", "succeeded"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -11,7 +11,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         with stripe_budget.background():  # recovery's Stripe calls yield to buyers' (payments/budget.py)
             counts = saga_recover()
-        processed = outbox_process_pending()
+            processed = outbox_process_pending()  # a fulfilment may capture an authorization
         self.stdout.write(
             f"resumed {counts['resumed']}, busy {counts['busy']}, errors {counts['errors']}; "
             f"outbox events processed {processed}"
