@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from cartflow import views
+from cartflow import storefront, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -11,6 +11,9 @@ urlpatterns = [
     path("problems/", views.problem_index, name="problem-index"),
     path("problems/<str:slug>", views.problem_detail, name="problem-detail"),
     path("admin/", admin.site.urls),
+    path("shop/config.json", storefront.storefront_config, name="storefront-config"),
+    path("shop/", storefront.storefront_file, name="storefront"),
+    path("shop/<str:name>", storefront.storefront_file, name="storefront-file"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
