@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 
-.PHONY: install run test lint bench chaos multihost clean
+.PHONY: install run test browser lint bench chaos multihost clean
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The storefront in a real browser (tests/e2e/browser/): Playwright driving Debian's Chromium, which
+# scripts/chromium.sh installs when it is missing. Screenshots go to tests/e2e/browser/screenshots/.
+browser: install
+	@./scripts/chromium.sh
+	$(BIN)/python -m pytest -m browser tests/e2e/browser $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -336,6 +336,9 @@ CARTFLOW_FLASH_QUEUE_POLL_SECONDS = env_float("CARTFLOW_FLASH_QUEUE_POLL_SECONDS
 
 # --- Stripe (payments/) ---
 STRIPE_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "")
+# STRIPE_PUBLISHABLE_KEY: the storefront at /shop/ shows Stripe's Payment Element with it (pk_...); without it,
+# the emulator's test cards (docs/storefront.md).
+STRIPE_PUBLISHABLE_KEY = os.environ.get("STRIPE_PUBLISHABLE_KEY", "")
 # STRIPE_EMULATOR_URL: where the emulator answers; Stripe calls go there only while no key is set, so a
 # deployment can name its emulator (docker-compose.yml does) and a real key still reaches the real Stripe.
 STRIPE_EMULATOR_URL = os.environ.get("STRIPE_EMULATOR_URL", servicefinder.EMULATOR_API_BASE)

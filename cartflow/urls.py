@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from cartflow import signin, views
+from cartflow import signin, storefront, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -13,6 +13,9 @@ urlpatterns = [
     # Ahead of admin.site.urls: the admin login counts attempts per address and username (cartflow/signin.py).
     path("admin/login/", signin.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
+    path("shop/config.json", storefront.storefront_config, name="storefront-config"),
+    path("shop/", storefront.storefront_file, name="storefront"),
+    path("shop/<str:name>", storefront.storefront_file, name="storefront-file"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

@@ -134,6 +134,13 @@ class CheckoutConfirmInputSerializer(serializers.Serializer):
         help_text="A Stripe ConfirmationToken id (ctoken_…), instead of paymentMethodId.",
     )
     checkoutId = serializers.CharField(source="checkout_id", required=False, max_length=40)  # noqa: N815
+    returnUrl = serializers.URLField(  # noqa: N815
+        source="return_url",
+        required=False,
+        max_length=2000,
+        help_text="Stripe's return_url: where a redirect (3-D Secure's challenge page) sends the buyer back; "
+        "with it, a 202's nextAction is redirect_to_url.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if bool(attrs.get("payment_method")) == bool(attrs.get("confirmation_token")):
@@ -256,6 +263,7 @@ class CheckoutConfirmApi(CheckoutApiBase):
             saga_id=found.pk,
             payment_method=data.validated_data.get("payment_method"),
             confirmation_token=data.validated_data.get("confirmation_token"),
+            return_url=data.validated_data.get("return_url"),
             loaded=found,
         )
         return _render(saga, status=202 if saga.state not in ("confirmed", "fulfilled") else 200)

@@ -328,19 +328,21 @@ def payment_intent_create_and_confirm(
     attempt: int,
     payment_method: str | None = None,
     confirmation_token: str | None = None,
+    return_url: str | None = None,
     email: str | None = None,
 ) -> IntentResult:
     """Create the order's one PaymentIntent and confirm it, in ONE Stripe call (the deferred-intent flow).
 
     Keyed by the order and the attempt: replaying the same call with the same key (after a timeout or a
-    lost response) returns the intent the first call created, never a second one. A decline comes back as
+    lost response) returns the intent the first call created, never a second one. ``return_url``: where a
+    redirect (3-D Secure's challenge page) sends the buyer back. A decline comes back as
     a result (the intent exists, ``requires_payment_method``); a payment method or confirmation token that
     Stripe refuses raises :class:`PaymentMethodInvalid` (no intent is created for it).
     """
     params = {
         **_intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email),
         "confirm": True,
-        **_method_params(payment_method, confirmation_token),
+        **_method_params(payment_method, confirmation_token, return_url),
     }
     try:
         return _to_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
@@ -370,12 +372,13 @@ def payment_intent_confirm(
     attempt: int,
     payment_method: str | None = None,
     confirmation_token: str | None = None,
+    return_url: str | None = None,
 ) -> IntentResult:
     """Confirm the order's existing PaymentIntent (a later attempt, or after ``/payment-intent``).
 
     A decline comes back as a result with ``decline_code``/``error_code``; a refused payment method or
     confirmation token raises :class:`PaymentMethodInvalid` (the intent is left as it was)."""
-    params = _method_params(payment_method, confirmation_token)
+    params = _method_params(payment_method, confirmation_token, return_url)
     try:
         pi = _client().v1.payment_intents.confirm(intent_id, params=params, options={"idempotency_key": call.key})
         return _to_result(pi)
@@ -454,10 +457,15 @@ def refund_create(call: _Call, *, order_id: str, intent_id: str, amount: int | N
 _METHOD_PARAMS = ("payment_method", "confirmation_token", "payment_method_data")
 
 
-def _method_params(payment_method: str | None, confirmation_token: str | None) -> dict[str, str]:
+def _method_params(
+    payment_method: str | None, confirmation_token: str | None, return_url: str | None = None
+) -> dict[str, str]:
     if bool(payment_method) == bool(confirmation_token):
         raise ValueError("exactly one of payment_method and confirmation_token")
-    return {"confirmation_token": confirmation_token} if confirmation_token else {"payment_method": payment_method}
+    params = {"confirmation_token": confirmation_token} if confirmation_token else {"payment_method": payment_method}
+    if return_url:
+        params["return_url"] = return_url  # with it, 3-D Secure answers next_action redirect_to_url
+    return params
 
 
 def _method_refused(exc: stripe.InvalidRequestError) -> bool:

@@ -1,4 +1,4 @@
-"""The parameter checks Stripe's API answers 400 for: unknown names, integers, amounts, currencies, metadata.
+"""The parameter checks Stripe's API answers 400 for: unknown names, integers, amounts, currencies, metadata, URLs.
 
 A failed check raises before anything ran, so nothing is stored under the request's idempotency key.
 """
@@ -17,6 +17,13 @@ def reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
     for key in params:
         if key not in allowed:
             raise invalid(f"Received unknown parameter: {key}", code="parameter_unknown", param=key)
+
+
+def check_return_url(params: dict[str, Any]) -> None:
+    """``return_url``, when given, is an absolute http(s) URL (where a redirect brings the buyer back)."""
+    url = params.get("return_url")
+    if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+        raise invalid("Invalid URL: return_url must be an absolute http(s) URL.", param="return_url")
 
 
 def parse_int(value: Any, param: str) -> int:

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from .challenge import PREFIX as CHALLENGE_PREFIX
+from .challenge import challenge
 from .errors import ApiError
 from .faults import BEFORE_OPERATION, FaultSpecError, FaultTable
 from .forms import parse_form
@@ -100,7 +102,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._delay = 0.0
         try:
-            if parts.path.startswith("/_emulator/"):
+            if parts.path.startswith(CHALLENGE_PREFIX):  # a page for the shopper's browser, not the API
+                status, headers, page = challenge(emulator.state, method, parts.path, body)
+                self._send(status, page, headers, content_type="text/html; charset=utf-8")
+            elif parts.path.startswith("/_emulator/"):
                 status, payload = emulator.control(method, parts.path, body)
                 self._send(status, json.dumps(payload).encode())
             else:
@@ -115,10 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self._delay)
         self._delay = 0.0
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, headers: dict[str, str] | None = None, content_type: str = "application/json"
+    ) -> None:
         self._wait()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Stripe-Version", API_VERSION)
         for name, value in (headers or {}).items():
@@ -211,7 +218,12 @@ class _Handler(BaseHTTPRequestHandler):
         if latency:
             time.sleep(latency / 1000)
         self._wait()  # the configured latency, inside the idempotency window like Stripe's own processing time
-        req = RequestInfo(request_id=request_id, idempotency_key=idempotency_key, force_decline="decline" in kinds)
+        req = RequestInfo(
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            force_decline="decline" in kinds,
+            base_url=f"http://{self.headers.get('Host') or f'{emulator.host}:{emulator.port}'}",
+        )
         store = True
         try:
             status, payload = 200, route.action(emulator.state, args, params, req)

@@ -10,7 +10,15 @@ from typing import Any
 
 from .errors import ApiError, invalid, missing_param, no_such, unexpected_state
 from .forms import as_bool
-from .params import merge_metadata, parse_amount, parse_currency, parse_int, parse_metadata, reject_unknown
+from .params import (
+    check_return_url,
+    merge_metadata,
+    parse_amount,
+    parse_currency,
+    parse_int,
+    parse_metadata,
+    reject_unknown,
+)
 from .store import RequestInfo, Store, new_id, public
 from .testcards import GENERIC_DECLINE, TEST_CARDS, TestCard
 
@@ -44,6 +52,7 @@ class EmulatorState(Store):
     # -- PaymentIntents ---------------------------------------------------------------------------------------
     def payment_intent_create(self, params: dict[str, Any], req: RequestInfo | None = None) -> dict[str, Any]:
         reject_unknown(params, _CREATE_PARAMS)
+        check_return_url(params)
         amount = parse_amount(params)
         currency = parse_currency(params)
         capture_method = params.get("capture_method", "automatic")
@@ -142,6 +151,7 @@ class EmulatorState(Store):
         self, pi_id: str, params: dict[str, Any], req: RequestInfo | None = None
     ) -> dict[str, Any]:
         reject_unknown(params, _CONFIRM_PARAMS)
+        check_return_url(params)
         with self.lock:
             pi = self._intent(pi_id)
             if pi["status"] not in _CONFIRMABLE:
@@ -367,14 +377,7 @@ class EmulatorState(Store):
                 self._decline(pi, pm, card, req, code="authentication_required", decline_code="authentication_required",
                               message="Your card was declined. This transaction requires authentication.")  # fmt: skip
             pi["status"] = "requires_action"
-            pi["next_action"] = {
-                "type": "use_stripe_sdk",
-                "use_stripe_sdk": {
-                    "type": "three_d_secure_redirect",
-                    "stripe_js": f"https://hooks.stripe.com/redirect/authenticate/{new_id('src')}",
-                    "source": new_id("src"),
-                },
-            }
+            pi["next_action"] = _authentication_action(pi, params.get("return_url"), req)
             self._emit("payment_intent.requires_action", pi, req)
             return
         if card.outcome == "decline":
@@ -471,3 +474,23 @@ class EmulatorState(Store):
         pi.update(status="succeeded", amount_received=pi["amount"])
         self._emit("charge.succeeded", charge, req)
         self._emit("payment_intent.succeeded", pi, req)
+
+
+def _authentication_action(pi: dict[str, Any], return_url: str | None, req: RequestInfo | None) -> dict[str, Any]:
+    """3-D Secure's ``next_action``, as Stripe answers a server-side confirm: with a ``return_url`` a redirect
+    to the challenge page (stripe_emulator/challenge.py, on the address the caller used), which sends the buyer
+    back there; without one, ``use_stripe_sdk`` for Stripe.js to handle."""
+    if return_url is None:
+        return {
+            "type": "use_stripe_sdk",
+            "use_stripe_sdk": {
+                "type": "three_d_secure_redirect",
+                "stripe_js": f"https://hooks.stripe.com/redirect/authenticate/{new_id('src')}",
+                "source": new_id("src"),
+            },
+        }
+    base = req.base_url if req is not None else ""
+    return {
+        "type": "redirect_to_url",
+        "redirect_to_url": {"url": f"{base}/_emulator/3ds/{pi['id']}", "return_url": return_url},
+    }

@@ -35,6 +35,7 @@ class RequestInfo:
     request_id: str | None = None
     idempotency_key: str | None = None
     force_decline: bool = False
+    base_url: str = ""  # how the caller reached the emulator: 3-D Secure's challenge page is served there
 
 
 class Store:

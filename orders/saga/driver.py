@@ -246,10 +246,12 @@ def checkout_confirm(
     saga_id: int,
     payment_method: str | None = None,
     confirmation_token: str | None = None,
+    return_url: str | None = None,
     loaded: CheckoutSaga | None = None,
 ) -> CheckoutSaga:
     """Pay the checkout (create and confirm its PaymentIntent, or confirm the one it has) and, once paid,
-    confirm the order. Exactly one of ``payment_method`` and ``confirmation_token``.
+    confirm the order. Exactly one of ``payment_method`` and ``confirmation_token``; ``return_url`` is where
+    a redirect (3-D Secure) brings the buyer back, kept with them in the attempt's ``charge_params``.
 
     ``loaded``: the saga with its order, just read by the caller (saves reading it again).
 
@@ -259,6 +261,8 @@ def checkout_confirm(
     PaymentTransientError (outcome unknown: the step is ``indeterminate``).
     """
     method = {"confirmation_token": confirmation_token} if confirmation_token else {"payment_method": payment_method}
+    if return_url:
+        method["return_url"] = return_url
     wait = getattr(settings, "CARTFLOW_CHECKOUT_CONFIRM_WAIT_SECONDS", 5.0)
     with driving(saga_id, wait=wait, loaded=loaded) as saga:
         _settle_in_flight(saga)

@@ -135,6 +135,26 @@ def test_three_d_secure_finishes_through_the_intent_listener(stripe_emulator):
     invariants_hold()
 
 
+def test_a_return_url_makes_three_d_secure_a_redirect_that_comes_back_to_the_storefront(stripe_emulator):
+    """The storefront sends returnUrl (Stripe's return_url): 3-D Secure's nextAction is then redirect_to_url, to
+    the emulator's challenge page; the attempt keeps it, so a replay of a lost call sends the same parameters."""
+    client = guest_with_cart((make_product(), 1))
+    start = _start(client).json()
+    back = "http://127.0.0.1:8000/shop/?api=http%3A%2F%2F127.0.0.1%3A8000"
+    body = {"paymentMethodId": "pm_card_threeDSecure2Required", "returnUrl": back}
+    response = client.post("/api/checkout/confirm", body, format="json")
+    assert response.status_code == 202, response.content
+    action = response.json()["nextAction"]
+    assert action["type"] == "redirect_to_url" and action["redirect_to_url"]["return_url"] == back
+    saga = CheckoutSaga.objects.get(public_id=start["checkoutId"])
+    assert action["redirect_to_url"]["url"] == f"{stripe_emulator.url}/_emulator/3ds/{saga.payment_intent_id}"
+    assert saga.charge_params == {"payment_method": "pm_card_threeDSecure2Required", "return_url": back}
+
+    refused = client.post("/api/checkout/confirm", {**body, "returnUrl": "javascript:alert(1)"}, format="json")
+    assert refused.status_code == 400 and refused.json()["code"] == "validation_error"
+    assert [e["field"] for e in refused.json()["errors"]] == ["returnUrl"]
+
+
 def test_checkout_and_order_are_visible_only_to_their_cart(stripe_emulator):
     product = make_product()
     owner = guest_with_cart((product, 1))
