@@ -226,7 +226,6 @@ def test_a_flash_sale_product_sells_out_while_the_shopper_watches(shop, page, st
     assert not shopper.script_errors, shopper.script_errors
 
 
-@pytest.mark.xfail(reason="needs CORS", strict=False)
 def test_the_same_purchase_from_a_storefront_on_another_origin(shop, second_origin, page, stripe_emulator):
     """The page served by another server (as a storefront deployed on its own would be), pointed at the API."""
     _buy_two_products(Shopper(page, f"{second_origin}/?api={shop.url}", "second-origin"), stripe_emulator)
