@@ -37,6 +37,7 @@ from orders.errors import (
     CheckoutNotConfirmable,
     ReservationExpired,
 )
+from orders.metrics import checkout_counted
 from orders.models import CheckoutSaga, Outbox, new_checkout_id
 from orders.saga import lease, payment_steps, steps
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
@@ -112,6 +113,7 @@ def _start(
                 owner=owner,
             )
             if insert_saga(saga, log=[("start", DONE, {"cartVersion": snapshot.version}), ("reserve", ABOUT_TO, None)]):
+                checkout_counted("started")
                 try:
                     _run_start(saga, release_lease=True, new_saga=True)
                 except Exception:
@@ -370,6 +372,7 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
         steps.cancel_order(saga)
     steps.release(saga, to=to)
     save(saga, log=[("end", to, None)], state=to, compensate_to="", next_action=None)
+    checkout_counted(to)
     log.info("checkout_compensated", checkout_id=saga.public_id, state=to, reason=code)
 
 

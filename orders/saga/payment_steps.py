@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from orders.errors import PaymentDeclined
+from orders.metrics import compensation_counted
 from orders.models import CheckoutSaga
 from orders.saga.crashpoints import crash_point
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
@@ -100,6 +101,7 @@ def cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
     about_to(saga, "cancel_payment_intent")
     intent = payment_intent_cancel(order_id=saga.order.public_id, intent_id=saga.payment_intent_id)
     done(saga, "cancel_payment_intent", details={"status": intent.status}, order=order_records_intent(intent))
+    compensation_counted("cancel_payment_intent")
     return intent
 
 
@@ -306,3 +308,4 @@ def refund(saga: CheckoutSaga, intent: IntentResult) -> None:
         details={"refund": refunded.refund_id, "amount": refunded.amount},
         order=order_refunded(refunded.amount),
     )
+    compensation_counted("refund")
