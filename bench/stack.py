@@ -210,14 +210,20 @@ class Stack:
 
     # --- gunicorn ---
     def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web", url: str = "") -> Proc:
-        """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``."""
+        """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``,
+        and, like separate hosts, their own metrics directory (the default one is shared with Celery)."""
         url = url or self.web_url
+        env = self.env
+        if name != "web":
+            metrics_dir = self.logdir / f"metrics-{name}"
+            metrics_dir.mkdir(exist_ok=True)
+            env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         argv = [
             str(BIN / "gunicorn"), "cartflow.wsgi:application", "-c", "python:cartflow.gunicorn_conf",
             "--bind", url.removeprefix("http://"), "--workers", str(workers),
             "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
         ]  # fmt: skip
-        proc = self.spawn(name, argv)
+        proc = self.spawn(name, argv, env)
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60, "gunicorn")
         wait_until(lambda: len(proc.children()) >= workers, 30, "gunicorn workers")
         return proc
