@@ -4,13 +4,15 @@
 - a scratch PostgreSQL database (``cartflow_bench`` by default) on the server named by ``DATABASE_URL``
   (default the local one), dropped and re-created, migrated and seeded by :func:`django_setup`;
 - the Stripe emulator on a free port, posting signed webhooks to the web server;
-- gunicorn on a free port (worker class, workers and threads given), and Celery worker(s) (and beat).
+- gunicorn on a free port (worker class, workers and threads given), and Celery worker(s) (and beat),
+  in Prometheus multiprocess mode like a deployment (``PROMETHEUS_MULTIPROC_DIR``, docs/operations.md).
 
 Every child runs in its own session and is stopped by its process group id, never by name.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
@@ -51,6 +53,10 @@ def gunicorn_start(
 ) -> tuple[subprocess.Popen, str]:
     """A gunicorn of CartFlow on a free loopback port, in its own process group; returns (process, base URL)."""
     port = free_port()
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):  # the workers' counters add up, as under cartflow/gunicorn_conf.py
+        metrics_dir = tempfile.mkdtemp(prefix="cf-bench-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, True)
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "cartflow.wsgi:application", "--bind", f"127.0.0.1:{port}"]
         + ["--workers", str(workers), "--threads", str(threads), "--worker-class", worker_class]
@@ -204,14 +210,20 @@ class Stack:
 
     # --- gunicorn ---
     def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web", url: str = "") -> Proc:
-        """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``."""
+        """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``,
+        and, like separate hosts, their own metrics directory (the default one is shared with Celery)."""
         url = url or self.web_url
+        env = self.env
+        if name != "web":
+            metrics_dir = self.logdir / f"metrics-{name}"
+            metrics_dir.mkdir(exist_ok=True)
+            env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         argv = [
             str(BIN / "gunicorn"), "cartflow.wsgi:application", "-c", "python:cartflow.gunicorn_conf",
             "--bind", url.removeprefix("http://"), "--workers", str(workers),
             "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
         ]  # fmt: skip
-        proc = self.spawn(name, argv)
+        proc = self.spawn(name, argv, env)
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60, "gunicorn")
         wait_until(lambda: len(proc.children()) >= workers, 30, "gunicorn workers")
         return proc
@@ -274,11 +286,14 @@ def new_stack(*, db_url: str, log_level: str = "WARNING", extra_env: dict[str, s
             "LOG_LEVEL": log_level,
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "cartflow.settings",
+            # One directory for the web workers, the Celery workers and beat: /metrics adds them all up.
+            "PROMETHEUS_MULTIPROC_DIR": str(logdir / "metrics"),
             **(extra_env or {}),
             # A/B runs: BENCH_SET_CARTFLOW_X=1 sets CARTFLOW_X=1 for the servers only.
             **{k.removeprefix("BENCH_SET_"): v for k, v in os.environ.items() if k.startswith("BENCH_SET_")},
         }
     )
+    (logdir / "metrics").mkdir()
     stack.env = env
     return stack
 
@@ -305,7 +320,8 @@ def django_setup(stack: Stack) -> None:
     for key in list(os.environ):
         if key.startswith(("STRIPE_", "CARTFLOW_", "DJANGO_")):
             del os.environ[key]
-    os.environ.update(stack.env)
+    # Not the metrics directory: the driver's own process is no part of the servers' sum.
+    os.environ.update({k: v for k, v in stack.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
     import django
 
     django.setup()

@@ -5,6 +5,10 @@ variables (``WEB_CONCURRENCY``); this file fixes what does not vary between depl
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from cartflow.logconfig import logging_dict
 
@@ -33,3 +37,55 @@ logconfig_dict["loggers"].update(
         "gunicorn.access": {"level": "WARNING", "handlers": ["default"], "propagate": False},
     }
 )
+
+# --- Prometheus multiprocess mode (docs/operations.md, "Metrics") ---
+# Every worker is a process of its own: without a shared directory each would count only its own requests
+# and a scrape would see whichever worker answered. prometheus_client decides its mode when it is first
+# imported, so the directory is set here, in the master, before any worker imports the app. Unset, each
+# gunicorn gets a private directory (removed on exit); a deployment sets PROMETHEUS_MULTIPROC_DIR to share
+# one with the Celery processes of the same host (`make run` does).
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cartflow-metrics-")
+METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+from prometheus_client import multiprocess  # noqa: E402 - only after the directory is in the environment
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_metric_files(directory: Path) -> list[Path]:
+    """The files of processes that no longer run (``counter_<pid>.db``, ``gauge_livesum_<pid>.db``, …)."""
+    stale = []
+    for path in directory.glob("*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.append(path)
+    return stale
+
+
+def on_starting(server: Any) -> None:
+    """A new server starts from zero: the files a previous run left behind go. Files of processes that run
+    now stay, so a Celery worker sharing the directory that started a moment earlier keeps its counts."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for path in stale_metric_files(METRICS_DIR):
+        path.unlink(missing_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker died or was replaced: its counters stay in the sum (its files are kept, so nothing goes
+    backwards), its live gauges go."""
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_DIR))
+
+
+def on_exit(server: Any) -> None:
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -400,3 +400,9 @@ configure_logging(level=LOG_LEVEL, fmt=LOG_FORMAT)
 
 # OpenTelemetry: exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set (cartflow/tracing.py).
 OTEL_EXPORTER_OTLP_ENDPOINT = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+
+# --- Metrics: GET /metrics (cartflow/metrics.py; docs/operations.md, "Metrics") ---
+# CARTFLOW_METRICS_ENABLED: serve /metrics on the app's port; 0 answers 404 (scrape `manage.py serve_metrics` instead).
+CARTFLOW_METRICS_ENABLED = env_bool("CARTFLOW_METRICS_ENABLED", True)
+# CARTFLOW_METRICS_TOKEN: when set, /metrics answers only requests with `Authorization: Bearer <token>`.
+CARTFLOW_METRICS_TOKEN = os.environ.get("CARTFLOW_METRICS_TOKEN", "")

@@ -2,12 +2,12 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from cartflow import signin, storefront, views
+from cartflow import metrics, signin, storefront, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
-    path("", include("django_prometheus.urls")),  # /metrics
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("problems/", views.problem_index, name="problem-index"),
     path("problems/<str:slug>", views.problem_detail, name="problem-detail"),
     # Ahead of admin.site.urls: the admin login counts attempts per address and username (cartflow/signin.py).

@@ -1,9 +1,9 @@
-"""Prometheus metrics of flash-sale admission, exposed on /metrics with django-prometheus's registry.
+"""Prometheus metrics of flash-sale admission, exposed on /metrics (cartflow/metrics.py).
 
 Two kinds:
 
-- per process (prometheus_client Counter/Histogram): rejections by reason, settlements, and the
-  server-side latency of admission decisions (the one Redis script call);
+- per process, added up across processes by /metrics (prometheus_client Counter/Histogram): rejections by
+  reason, settlements, and the server-side latency of admission decisions (the one Redis script call);
 - cluster-wide, read from Redis when /metrics is scraped (a custom collector): tokens free and in flight
   per product, holders, queued tickets, and the pool's own counters (admitted, sold_out, busy, returned,
   consumed) that every process increments inside the Lua scripts.
@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cartflow.metrics import register_scrape_collector
 from inventory.flashsale_keys import FREE, HELD, INFLIGHT, QUEUE, STATS, redis_client, text
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,4 @@ class PoolCollector:
         yield outcomes
 
 
-_collector = PoolCollector()
-try:
-    REGISTRY.register(_collector)
-except ValueError:  # already registered (module reloaded)
-    pass
+register_scrape_collector(PoolCollector())

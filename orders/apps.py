@@ -16,3 +16,9 @@ class OrdersConfig(AppConfig):
         register_extend_policy(listeners.saga_keeps_hold)
         register_expired_listener(listeners.saga_on_reservation_expired)
         register_intent_listener(listeners.saga_on_intent, settled=listeners.saga_settled_for_intent)
+
+        # Here too: the collector reads the models. Scraped by /metrics (cartflow/metrics.py).
+        from cartflow.metrics import register_scrape_collector
+        from orders.backlog import BacklogCollector
+
+        register_scrape_collector(BacklogCollector())

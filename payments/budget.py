@@ -61,6 +61,11 @@ BUSY = Counter(
     "cartflow_stripe_budget_busy_total", "Stripe calls refused (payment_provider_busy), by priority.", ["priority"]
 )
 FAIL_OPEN = Counter("cartflow_stripe_budget_fail_open_total", "Stripe calls let through unmetered: Redis was down.")
+WAITS = Counter(
+    "cartflow_stripe_budget_waits_total",
+    "Stripe calls that found the budget empty and waited (then got a token or were refused), by priority.",
+    ["priority"],
+)
 WAITED = Histogram(
     "cartflow_stripe_budget_wait_seconds",
     "Time a Stripe call waited for its budget token, by priority.",
@@ -140,6 +145,7 @@ def spend() -> None:
         need, wait = 1.0, float(settings.CARTFLOW_STRIPE_WAIT_SECONDS)
     started = time.monotonic()
     deadline = started + wait
+    waited = False
     while True:
         answer = _take(rate, capacity, need)
         if answer is None:
@@ -157,6 +163,9 @@ def spend() -> None:
                 f"The shared Stripe budget ({rate:g} requests/s) had no room within {wait:g} s.",
                 retry_after=max(1, math.ceil(micros / 1_000_000)),
             )
+        if not waited:
+            WAITS.labels(priority=level).inc()
+            waited = True
         time.sleep(pause)
 
 

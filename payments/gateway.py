@@ -10,7 +10,9 @@ bugs raise :class:`~payments.errors.PaymentPermanentError`.
 Two rules hold for every call, each written once: every HTTP request spends the shared Stripe budget and a
 429 is sent again with the same key (:class:`_BudgetedHTTPClient`, under stripe-python), and every write
 runs outside any database transaction and is recorded on the order's ``Payment`` row (a ``PaymentAttempt``)
-in its own short transaction after the network call, whatever its end (:func:`_stripe_write`).
+in its own short transaction after the network call, whatever its end (:func:`_stripe_write`). Each
+request is also timed there, and each operation (the retrieve too) counted with its outcome
+(payments/metrics.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from django.db import connection
 from prometheus_client import Counter
 
 from payments import budget
+from payments import metrics as stripe_metrics
 from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
 from payments.interface import IntentResult, RefundResult
 from payments.services import payment_attempt_record
@@ -77,7 +80,8 @@ class _BudgetedHTTPClient(stripe.RequestsClient):
                     raise stripe.APIConnectionError(f"{exc.detail} (after an unanswered request)") from exc
                 raise
             try:
-                response = super().request(method, url, headers, post_data)
+                with stripe_metrics.stripe_request_timed():
+                    response = super().request(method, url, headers, post_data)
             except stripe.APIConnectionError:
                 self._call.unsure = True
                 raise
@@ -257,7 +261,7 @@ def _stripe_write(
     refused payment method (:class:`PaymentMethodInvalid`, with the intent it still created, if any); or a
     Stripe error, which leaves as ours (:func:`_classify`). A write that ``creates`` the PaymentIntent
     records the order's checkout, amount and currency too, so the Payment row has them even when Stripe's
-    answer is lost.
+    answer is lost. Each write is counted by operation and outcome (payments/metrics.py).
     """
 
     def decorate(fn: Callable[Concatenate[_Call, P], R]) -> Callable[P, R]:
@@ -284,7 +288,7 @@ def _stripe_write(
             call.record(intent=result if isinstance(result, IntentResult) else call.intent)
             return result
 
-        return run
+        return stripe_metrics.stripe_operation(operation)(run)
 
     return decorate
 
@@ -393,6 +397,7 @@ def payment_intent_confirm(
         return _retrieve(intent_id)
 
 
+@stripe_metrics.stripe_operation("retrieve")
 def payment_intent_retrieve(*, intent_id: str) -> IntentResult:
     """The PaymentIntent as Stripe has it now (with its latest charge's refunds and dispute flag).
 

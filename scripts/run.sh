@@ -3,10 +3,10 @@
 # the Celery worker and Celery beat under honcho (Procfile). Ctrl-C stops all of them.
 #
 # Environment: PORT (8000), WEB_CONCURRENCY (gunicorn workers, 2), GUNICORN_THREADS (threads per worker, 8),
-# CELERY_CONCURRENCY (2), CARTFLOW_EMBEDDED=1 (embedded PostgreSQL + Redis under .data/ even when local
-# servers answer), STRIPE_EMULATOR_LATENCY_MS / STRIPE_EMULATOR_LATENCY_JITTER_MS / STRIPE_EMULATOR_RATE_LIMITS
-# (the emulator's realistic profile; they reach it through honcho's environment), plus everything
-# cartflow/settings.py reads (README.md, "Configuration", lists it).
+# CELERY_CONCURRENCY (2), PROMETHEUS_MULTIPROC_DIR (.data/metrics-$PORT, emptied on start), CARTFLOW_EMBEDDED=1
+# (embedded PostgreSQL + Redis under .data/ even when local servers answer), STRIPE_EMULATOR_LATENCY_MS /
+# STRIPE_EMULATOR_LATENCY_JITTER_MS / STRIPE_EMULATOR_RATE_LIMITS (the emulator's realistic profile; they reach
+# it through honcho's environment), plus everything cartflow/settings.py reads (README.md, "Configuration").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -39,6 +39,11 @@ export CELERY_CONCURRENCY="${CELERY_CONCURRENCY:-2}"
 # The emulator delivers only the event types CartFlow handles (payments/webhooks/handlers.py HANDLED_EVENT_TYPES).
 if [ -z "${STRIPE_WEBHOOK_EVENTS:-}" ]; then STRIPE_WEBHOOK_EVENTS="$("$PY" manage.py stripe_webhook_events)"; fi
 export STRIPE_WEBHOOK_EVENTS
+# Prometheus multiprocess mode (docs/operations.md, "Metrics"): gunicorn's workers and the Celery processes
+# started here write their counters to one directory, so /metrics adds them all up. Emptied now, before any
+# of them starts; one per port, so two `make run`s never add up each other's counts.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$ROOT/.data/metrics-${PORT:-8000}}"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR" && find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 echo "==> serving http://${CARTFLOW_BIND} (Ctrl-C stops everything)"
 # -e /dev/null: the processes get this environment as is; Django reads .env itself (environment wins).
 exec honcho start -f Procfile -e /dev/null

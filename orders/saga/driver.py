@@ -38,6 +38,7 @@ from orders.errors import (
     CheckoutNotConfirmable,
     ReservationExpired,
 )
+from orders.metrics import checkout_counted
 from orders.models import CheckoutSaga, Outbox, new_checkout_id
 from orders.outbound.events import order_event
 from orders.saga import lease, payment_steps, steps
@@ -114,6 +115,7 @@ def _start(
                 owner=owner,
             )
             if insert_saga(saga, log=[("start", DONE, {"cartVersion": snapshot.version}), ("reserve", ABOUT_TO, None)]):
+                checkout_counted("started")
                 try:
                     _run_start(saga, release_lease=True, new_saga=True)
                 except Exception:
@@ -385,6 +387,7 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
     # The shop's systems hear of the end once compensation is complete (its order, if any, is cancelled).
     ended = order_event("checkout.expired" if to == S.EXPIRED else "order.cancelled")
     save(saga, log=[("end", to, None)], event=ended, state=to, compensate_to="", next_action=None)
+    checkout_counted(to)
     log.info("checkout_compensated", checkout_id=saga.public_id, state=to, reason=code)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from orders.errors import PaymentDeclined
+from orders.metrics import compensation_counted
 from orders.models import CheckoutSaga
 from orders.outbound.events import order_event
 from orders.saga.crashpoints import crash_point
@@ -111,6 +112,7 @@ def cancel_payment_intent(saga: CheckoutSaga) -> IntentResult | None:
     about_to(saga, "cancel_payment_intent")
     intent = payment_intent_cancel(order_id=saga.order.public_id, intent_id=saga.payment_intent_id)
     done(saga, "cancel_payment_intent", details={"status": intent.status}, order=order_records_intent(intent))
+    compensation_counted("cancel_payment_intent")
     return intent
 
 
@@ -331,6 +333,7 @@ def refund(saga: CheckoutSaga, intent: IntentResult) -> None:
         order=order_refunded(refunded.amount),
         event=order_event("order.refunded", key=f"order.refunded:{refunded.refund_id}"),
     )
+    compensation_counted("refund")
 
 
 # --- capture (fulfilment's first step when the charge only authorized) --------------------------------------

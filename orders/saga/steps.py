@@ -36,6 +36,7 @@ from inventory.services import (
     reservation_release,
     reservation_reserve,
 )
+from orders.metrics import checkout_counted, compensation_counted
 from orders.models import CheckoutSaga, Order
 from orders.outbound.events import order_event
 from orders.saga.crashpoints import crash_point
@@ -147,6 +148,7 @@ def release(saga: CheckoutSaga, *, to: str) -> None:
     released = reservation_release(holder=saga.public_id, status="EXPIRED" if to == S.EXPIRED else "RELEASED")
     returned = flash_tokens_return(holder=saga.public_id)  # safe twice; outside any transaction
     done(saga, "release", details={"units": released, "flashTokens": returned})
+    compensation_counted("release")
 
 
 # --- create_order / cancel_order --------------------------------------------------------------------------
@@ -193,6 +195,7 @@ def cancel_order(saga: CheckoutSaga) -> None:
     about_to(saga, "cancel_order")
     payment_mark_order_cancelled(order_id=saga.order.public_id)
     done(saga, "cancel_order", order=order_cancelled())
+    compensation_counted("cancel_order")
 
 
 # --- confirm ----------------------------------------------------------------------------------------------
@@ -214,6 +217,7 @@ def confirm(saga: CheckoutSaga, *, release_lease: bool = False) -> None:
             raise CompensationRequired(to=S.FAILED, code=error_code(exc), message=str(exc)) from exc
     crash_point("confirm:after")
     outbox_id = save_confirmed(saga, release_lease=release_lease)
+    checkout_counted("confirmed")
     transaction.on_commit(lambda: _enqueue_outbox(outbox_id))
     flash_tokens_consume(holder=saga.public_id)  # sold: the sweeper consumes them if we crash before this
     log.info("checkout_confirmed", checkout_id=saga.public_id, order_id=saga.order.public_id)

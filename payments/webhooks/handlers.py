@@ -21,6 +21,7 @@ from payments.errors import PaymentProviderBusy, PaymentTransientError
 from payments.gateway import payment_intent_retrieve
 from payments.hooks import NotKnownYet, intent_listeners_notify, intent_listeners_settled
 from payments.interface import IntentResult
+from payments.metrics import webhook_processed
 from payments.models import Payment, WebhookEvent
 from payments.services import payment_sync_from_intent
 
@@ -105,6 +106,7 @@ def _set_status(event_id: str, status: str, error: str = "") -> None:
     WebhookEvent.objects.filter(event_id=event_id).update(
         status=status, last_error=error[:4000], processed_at=timezone.now() if done else None
     )
+    webhook_processed(status)
 
 
 # Background priority: its Stripe re-fetches yield to buyers' calls in the shared budget (payments/budget.py).

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from payments.errors import MalformedEvent, WebhookSignatureInvalid
+from payments.metrics import webhook_received
 from payments.models import WebhookEvent
 from payments.tasks import process_webhook_event
 from payments.webhooks.handlers import event_intent_id
@@ -72,7 +73,11 @@ def _check_stored_fields(event: dict[str, Any]) -> None:
 
 def webhook_event_receive(*, payload: bytes, signature: str | None) -> WebhookEvent:
     """Verify, store once by event id, and enqueue processing after commit. Duplicates change nothing."""
-    event = webhook_verify(payload=payload, signature=signature)
+    try:
+        event = webhook_verify(payload=payload, signature=signature)
+    except (WebhookSignatureInvalid, MalformedEvent):
+        webhook_received("invalid")
+        raise
     with transaction.atomic():
         stored, created = WebhookEvent.objects.get_or_create(
             event_id=event["id"],
@@ -86,5 +91,6 @@ def webhook_event_receive(*, payload: bytes, signature: str | None) -> WebhookEv
             # A redelivery of an event still pending (or parked) is a good moment to try it again.
             event_id = stored.event_id
             transaction.on_commit(lambda: process_webhook_event.delay(event_id))
+    webhook_received("new" if created else "duplicate")
     log.info("webhook_received", event_id=stored.event_id, type=stored.type, duplicate=not created)
     return stored
