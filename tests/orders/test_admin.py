@@ -15,6 +15,7 @@ from rest_framework.authtoken.models import Token
 from inventory.models import Reservation
 from inventory.services import stock_adjust
 from orders.models import CheckoutSaga, Order
+from orders.refunds import order_refund
 from orders.saga.crashpoints import SimulatedCrash, crash_points
 from payments.models import Payment, WebhookEvent
 from tests.support.saga import guest_with_cart, invariants_hold, make_product, stock
@@ -74,6 +75,7 @@ def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulat
         event_id="evt_admin_1", type="payment_intent.succeeded", intent_id=order.payment_intent_id, payload="{}"
     )
     stock_adjust(product_id=product.id, delta=3, reason="restock", user=staff.user)
+    order_refund(order_id=order.public_id, amount=100, reason="a row for refunds and operations", actor=staff.user)
     Group.objects.create(name="operations")
     Token.objects.create(user=staff.user)
 
