@@ -224,6 +224,46 @@ _TYPES = [
         "Stripe could not be reached; nothing was charged twice. Retry after `Retry-After` seconds.",
         retry_after=True,
     ),
+    # --- refunds and cancellation after payment (operations staff: admin and management commands) ---
+    ProblemType(
+        "order_not_refundable",
+        409,
+        "Order not refundable",
+        "Only a confirmed or fulfilled order whose payment was captured can be refunded; `orderStatus` and "
+        "`paymentStatus` say what it is.",
+        ("orderId", "orderStatus", "paymentStatus"),
+    ),
+    ProblemType(
+        "order_not_cancellable",
+        409,
+        "Order not cancellable",
+        "Only a confirmed or fulfilled order that was paid (or authorized) can be cancelled this way; an "
+        "unpaid checkout is cancelled by the buyer. `orderStatus` and `paymentStatus` say what it is.",
+        ("orderId", "orderStatus", "paymentStatus"),
+    ),
+    ProblemType(
+        "refund_exceeds_remaining",
+        409,
+        "Refund exceeds what is left",
+        "The refund asked for is more than what is left of the payment; `remaining` says how much is left.",
+        ("orderId", "remaining", "currency"),
+    ),
+    ProblemType(
+        "refund_in_progress",
+        409,
+        "Refund in progress",
+        "A refund of this order has not finished yet (Stripe has not answered it); retry after `Retry-After` "
+        "seconds, and it is finished first.",
+        ("orderId", "refundSeq"),
+        retry_after=True,
+    ),
+    ProblemType(
+        "refund_failed",
+        502,
+        "Refund failed",
+        "Stripe refused or failed the refund; nothing was refunded by it. `stripeCode` says why.",
+        ("orderId", "refundSeq", "stripeCode"),
+    ),
     # --- idempotency ---
     ProblemType(
         "idempotency_key_reused",

@@ -291,7 +291,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api",
-    "ENUM_NAME_OVERRIDES": {},
+    # The order's paymentStatus, named after what it describes (a checkout has a paymentStatus too).
+    "ENUM_NAME_OVERRIDES": {"OrderPaymentStatusEnum": "orders.selectors.PAYMENT_STATUSES"},
     # Path parameters published in camelCase ({productId}) as docs/api.md writes them.
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -152,7 +152,7 @@ class ReservationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(StockAdjustment)
 class StockAdjustmentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("at", "product", "delta", "on_hand_after", "reason", "who")
+    list_display = ("at", "product", "delta", "on_hand_after", "reason", "who", "reference")
     list_filter = (("at", admin.DateFieldListFilter),)
-    search_fields = ("product__sku", "reason")
+    search_fields = ("product__sku", "reason", "=reference")
     list_select_related = ("product", "who")

@@ -100,10 +100,21 @@ class StockAdjustment(models.Model):
     )
     at = models.DateTimeField(auto_now_add=True)
     on_hand_after = models.PositiveIntegerField()
+    reference = models.CharField(
+        max_length=80,
+        blank=True,
+        default="",
+        help_text="What the adjustment is for (e.g. order:<id>:cancel); applied once per product and reference.",
+    )
 
     class Meta:
         ordering = ["-at", "-id"]
-        constraints = [models.CheckConstraint(condition=~Q(delta=0), name="stock_adjustment_delta_nonzero")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(delta=0), name="stock_adjustment_delta_nonzero"),
+            models.UniqueConstraint(
+                fields=["reference", "product"], condition=~Q(reference=""), name="stock_adjustment_once_per_reference"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"product {self.product_id}: {self.delta:+d} ({self.reason})"

@@ -388,11 +388,16 @@ def reservations_release_expired(*, now: datetime | None = None, batch_size: int
 # --- stock adjustments -------------------------------------------------------------------------------
 
 
-def stock_adjust(*, product_id: int, delta: int, reason: str, user=None) -> int:  # noqa: ANN001 - a User or None
+def stock_adjust(*, product_id: int, delta: int, reason: str, user=None, reference: str = "") -> int:  # noqa: ANN001 - a User or None
     """Change ``on_hand`` by ``delta`` (restock > 0, write-off < 0) with an audit row; returns the new on_hand.
 
     Version-checked with the same bounded retry as reserve. Refuses (:class:`StockBelowReserved`) to go
     below what checkouts hold.
+
+    ``reference`` names what the adjustment is for (e.g. ``order:<id>:cancel``): an adjustment with a
+    reference is applied once per product, whoever asks and however often. The unique index on
+    (reference, product) decides: a second writer's audit row loses on it, which undoes its stock UPDATE in
+    the same transaction, and it returns the current on_hand unchanged.
     """
     if delta == 0:
         raise ValueError("delta must not be zero")
@@ -401,10 +406,14 @@ def stock_adjust(*, product_id: int, delta: int, reason: str, user=None) -> int:
         raise ValueError("a reason is required")
     who = user if user is not None and getattr(user, "pk", None) is not None else None
     for _attempt in _attempts():
+        # Looked up before the stock row is read, so the on_hand returned for a repeat is never older than it.
+        done = bool(reference) and StockAdjustment.objects.filter(product_id=product_id, reference=reference).exists()
         row = Stock.objects.filter(product_id=product_id).values_list("id", "on_hand", "reserved", "version").first()
         if row is None:
             raise ProductNotFound(f"Product {product_id} has no stock row.", productId=product_id)
         stock_id, on_hand, reserved, version = row
+        if done:
+            return on_hand
         new_on_hand = on_hand + delta
         if new_on_hand < reserved:
             raise StockBelowReserved(
@@ -413,15 +422,26 @@ def stock_adjust(*, product_id: int, delta: int, reason: str, user=None) -> int:
                 onHand=on_hand,
                 reserved=reserved,
             )
-        with transaction.atomic():
-            won = Stock.objects.filter(id=stock_id, version=version).update(
-                on_hand=new_on_hand, version=F("version") + 1, updated_at=timezone.now()
-            )
-            if won:
-                StockAdjustment.objects.create(
-                    product_id=product_id, delta=delta, reason=reason[:200], who=who, on_hand_after=new_on_hand
+        try:
+            with transaction.atomic():
+                won = Stock.objects.filter(id=stock_id, version=version).update(
+                    on_hand=new_on_hand, version=F("version") + 1, updated_at=timezone.now()
                 )
-                return new_on_hand
+                if won:
+                    StockAdjustment.objects.create(
+                        product_id=product_id,
+                        delta=delta,
+                        reason=reason[:200],
+                        who=who,
+                        on_hand_after=new_on_hand,
+                        reference=reference,
+                    )
+                    return new_on_hand
+        except IntegrityError:
+            if not reference:
+                raise
+            # Another writer applied this reference first; our UPDATE was rolled back with the row.
+            return Stock.objects.values_list("on_hand", flat=True).get(id=stock_id)
     raise InventoryContention(
         f"Stock of product {product_id} kept changing; try again.", retry_after=1, productId=product_id
     )

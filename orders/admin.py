@@ -1,24 +1,33 @@
-"""Operations views: orders (lines, payment, saga log, links to reservations and webhook events) and
-sagas (stuck filter, resume / compensate through orders.saga). Nothing here edits state by hand:
-every field that the saga owns is read-only, and the actions call the saga's own services."""
+"""Operations views: orders (lines, payment, refunds and what staff did, saga log, links to reservations and
+webhook events; refund and cancel-after-payment forms) and sagas (stuck filter, resume / compensate through
+orders.saga). Nothing here edits state by hand: every field that the saga owns is read-only, and the
+actions and forms call the services (orders/refunds.py, orders/cancellation.py, orders/saga/)."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from cartflow.admin import ReadOnlyAdminMixin
-from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from cartflow.problems import DomainError
+from orders.cancellation import cancel_summary, order_cancel_paid
+from orders.models import CheckoutSaga, Order, OrderLine, OrderOperation, Outbox, SagaStep
 from orders.outbound import admin as outbound_admin  # noqa: F401 - registers the outbound webhook pages
+from orders.refunds import order_refund, refund_summary
 from orders.saga import driver as saga_services
-from payments.selectors import payment_get
+from orders.selectors import order_payment_status
+from payments.selectors import payment_get, refunds_of_order
 
 # --- links to the other apps' admin pages (by URL: orders never reads their models) --------------------
 
@@ -63,6 +72,17 @@ class OrderLineInline(ReadOnlyAdminMixin, admin.TabularInline):
     readonly_fields = fields
 
 
+class OrderOperationInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """Refunds and the cancellation staff asked for: who, why, and what came of it."""
+
+    model = OrderOperation
+    extra = 0
+    fields = ("created_at", "kind", "actor_label", "reason", "amount", "refund_seq", "restock", "status", "outcome")
+    readonly_fields = fields
+    verbose_name = "operation by staff"
+    verbose_name_plural = "operations by staff (refunds, cancellation)"
+
+
 @admin.register(Order)
 class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
@@ -82,16 +102,133 @@ class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_help_text = "Order id, checkout id, e-mail, or PaymentIntent id (pi_…)."
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Order._meta.fields] + [
+        "money",
         "checkout",
         "payment",
+        "refunds",
         "reservations",
         "webhook_events",
         "saga_log",
     ]
-    inlines = [OrderLineInline]
+    inlines = [OrderLineInline, OrderOperationInline]
+    actions = ["refund", "cancel_after_payment"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).select_related("saga")
+
+    def get_urls(self):  # noqa: ANN201
+        views = [
+            path("<path:object_id>/refund/", self.admin_site.admin_view(self.refund_view), name="orders_order_refund"),
+            path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name="orders_order_cancel"),
+        ]
+        return views + super().get_urls()
+
+    def has_money_permission(self, request: HttpRequest) -> bool:
+        """Who may refund or cancel a paid order: staff allowed to change orders (the pages stay read-only)."""
+        return request.user.has_perm("orders.change_order")
+
+    @admin.action(description="Refund… (all that is left, or an amount)", permissions=["money"])
+    def refund(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._one_order_form(request, queryset, "admin:orders_order_refund")
+
+    @admin.action(description="Cancel after payment… (refund or void, put the stock back)", permissions=["money"])
+    def cancel_after_payment(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._one_order_form(request, queryset, "admin:orders_order_cancel")
+
+    def _one_order_form(self, request: HttpRequest, queryset: QuerySet, url_name: str) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select one order: the form asks about that order.", messages.WARNING)
+            return None
+        return HttpResponseRedirect(reverse(url_name, args=[queryset.get().pk]))
+
+    def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The refund form (amount, reason); its submit calls ``order_refund``."""
+        order = self._order_for_money(request, object_id)
+        form = RefundForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                done = order_refund(
+                    order_id=order.public_id,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                )
+            except DomainError as exc:
+                form.add_error(None, exc.detail)
+            else:
+                self.message_user(request, refund_summary(done), messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+        return self._money_form(request, order, form, "Refund", "Refund")
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The cancel-after-payment form (reason, put the stock back); its submit calls ``order_cancel_paid``."""
+        order = self._order_for_money(request, object_id)
+        form = CancelForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                done = order_cancel_paid(
+                    order_id=order.public_id,
+                    restock=form.cleaned_data["restock"],
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                )
+            except DomainError as exc:
+                form.add_error(None, exc.detail)
+            else:
+                self.message_user(request, cancel_summary(done), messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
+        return self._money_form(request, order, form, "Cancel after payment", "Cancel the order")
+
+    def _order_for_money(self, request: HttpRequest, object_id: str) -> Order:
+        if not self.has_money_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Order, pk=object_id)
+
+    def _money_form(self, request: HttpRequest, order: Order, form: forms.Form, verb: str, submit: str) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{verb}: order {order.public_id}",
+            "opts": self.model._meta,
+            "original": order,
+            "order": order,
+            "payment_status": order_payment_status(order),
+            "left": max(0, order.total - order.amount_refunded),
+            "form": form,
+            "submit": submit,
+        }
+        return TemplateResponse(request, "admin/orders/order/money_form.html", context)
+
+    @admin.display(description="money")
+    def money(self, obj: Order) -> SafeString:
+        links = format_html(
+            '<a href="{}">refund…</a> · <a href="{}">cancel after payment…</a>',
+            reverse("admin:orders_order_refund", args=[obj.pk]),
+            reverse("admin:orders_order_cancel", args=[obj.pk]),
+        )
+        return format_html(
+            "{}: paid {} {}, refunded {} — {}",
+            order_payment_status(obj),
+            obj.total,
+            obj.currency,
+            obj.amount_refunded,
+            links,
+        )
+
+    @admin.display(description="refunds")
+    def refunds(self, obj: Order) -> SafeString | str:
+        rows = refunds_of_order(order_id=obj.public_id)
+        if not rows:
+            return "-"
+        body = format_html_join(
+            "",
+            "<tr><td>#{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+            ((r.seq, r.amount, r.status, r.stripe_refund_id or "-", r.idempotency_key, r.failure_reason) for r in rows),
+        )
+        return format_html(
+            "<table><thead><tr><th>refund</th><th>amount</th><th>status</th><th>Stripe refund</th>"
+            "<th>idempotency key</th><th>failure</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
     @admin.display(description="checkout")
     def checkout(self, obj: Order) -> SafeString | str:
@@ -130,6 +267,29 @@ class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="saga log")
     def saga_log(self, obj: Order) -> SafeString | str:
         return _saga_log_table(getattr(obj, "saga", None))
+
+
+class RefundForm(forms.Form):
+    amount = forms.IntegerField(
+        required=False, min_value=1, help_text="Minor units (cents). Leave empty to refund all that is left."
+    )
+    reason = forms.CharField(max_length=500, help_text="Why: kept on the order with your name.")
+
+
+class CancelForm(forms.Form):
+    reason = forms.CharField(max_length=500, help_text="Why: kept on the order with your name.")
+    restock = forms.BooleanField(
+        required=False, initial=True, label="Put the stock back", help_text="Untick when the goods are not coming back."
+    )
+
+
+@admin.register(OrderOperation)
+class OrderOperationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("created_at", "order", "kind", "actor_label", "amount", "restock", "status", "finished_at")
+    list_filter = ("kind", "status")
+    search_fields = ("=order__public_id", "actor_label", "reason")
+    list_select_related = ("order",)
+    readonly_fields = [f.name for f in OrderOperation._meta.fields]
 
 
 # --- sagas -------------------------------------------------------------------------------------------

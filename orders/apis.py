@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,12 +18,14 @@ from cartflow.serializers import LineOutputSerializer
 from orders.errors import CartEmpty
 from orders.saga import driver as saga_services
 from orders.selectors import (
+    PAYMENT_STATUSES,
     Caller,
     checkout_active_for_cart,
     checkout_get,
     checkout_payment_intent_view,
     checkout_view,
     order_get,
+    order_payment_status,
 )
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -165,15 +167,26 @@ class OrderLineOutputSerializer(LineOutputSerializer):
 
 class OrderOutputSerializer(serializers.Serializer):
     orderId = serializers.CharField(source="public_id")  # noqa: N815
-    status = serializers.CharField()
-    paymentStatus = serializers.CharField(source="payment_status")  # noqa: N815
+    status = serializers.CharField(help_text="awaiting_payment, paid, confirmed, fulfilled or cancelled.")
+    paymentStatus = serializers.SerializerMethodField(  # noqa: N815
+        help_text="unpaid, authorized (not captured yet), paid, partially_refunded or refunded."
+    )
     email = serializers.CharField()
     currency = serializers.CharField()
     subtotal = serializers.IntegerField()
     total = serializers.IntegerField()
-    amountRefunded = serializers.IntegerField(source="amount_refunded")  # noqa: N815
+    refundedAmount = serializers.IntegerField(  # noqa: N815
+        source="amount_refunded", help_text="Minor units refunded so far (pending refunds included, as Stripe counts)."
+    )
+    amountRefunded = serializers.IntegerField(  # noqa: N815
+        source="amount_refunded", help_text="The same as refundedAmount, kept for existing clients."
+    )
     lines = OrderLineOutputSerializer(many=True, source="lines.all")
     createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+
+    @extend_schema_field(serializers.ChoiceField(choices=PAYMENT_STATUSES))
+    def get_paymentStatus(self, order: Any) -> str:  # noqa: N802 - DRF names it after the field
+        return order_payment_status(order)
 
 
 def _render(saga: Any, *, status: int = 200, detail: bool = False, fresh: bool = False) -> Response:

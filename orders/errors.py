@@ -1,7 +1,9 @@
 """Domain errors of checkout and orders (codes from cartflow/problems.py, one class per code).
 
 The checkout also passes on inventory's errors (inventory/errors.py: ``ProductNotFound``,
-``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``) and the gateway's.
+``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``) and the gateway's; refunds
+and cancellation pass on payments' refund errors (payments/errors.py: ``RefundExceedsRemaining``,
+``RefundInProgress``, ``RefundFailed``).
 """
 
 from __future__ import annotations
@@ -41,3 +43,15 @@ class CheckoutNotConfirmable(DomainError):
 
 class CheckoutNotCancellable(DomainError):
     code = "checkout_not_cancellable"
+
+
+class OrderNotRefundable(DomainError):
+    """Not a confirmed or fulfilled order with a captured payment (unpaid, still checking out, cancelled)."""
+
+    code = "order_not_refundable"
+
+
+class OrderNotCancellable(DomainError):
+    """Not a confirmed or fulfilled order that was paid or authorized (the buyer cancels an unpaid checkout)."""
+
+    code = "order_not_cancellable"

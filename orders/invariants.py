@@ -6,13 +6,17 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from cartflow.invariants import invariant
-from inventory.models import Reservation
-from orders.models import CheckoutSaga, Order, OrderLine
+from inventory.models import Reservation, StockAdjustment
+from orders.cancellation import restock_reference
+from orders.models import CheckoutSaga, Order, OrderLine, OrderOperation
 from payments.models import Payment
+
+# A refund or cancellation still "started" after this long is not running any more: someone must finish it.
+UNFINISHED_AFTER = timedelta(minutes=10)
 
 
 @invariant("orders: a terminal checkout holds no stock")
@@ -106,8 +110,13 @@ def committed_equals_confirmed_lines() -> list[str]:
     ):
         committed[(holder, pid)] += qty
     sold: dict[tuple[str, int], int] = defaultdict(int)
+    # An order cancelled after payment was sold first: its stock stays committed, and comes back (if it
+    # does) through a stock adjustment, checked below.
+    cancelled_after_payment = Q(
+        order_id__in=OrderOperation.objects.filter(kind=OrderOperation.Kind.CANCEL).values("order_id")
+    )
     lines = (
-        OrderLine.objects.filter(order__status__in=["confirmed", "fulfilled"])
+        OrderLine.objects.filter(Q(order__status__in=["confirmed", "fulfilled"]) | cancelled_after_payment)
         .values("order__saga__public_id", "product_id")
         .annotate(q=Sum("quantity"))
     )
@@ -120,3 +129,50 @@ def committed_equals_confirmed_lines() -> list[str]:
                 f"checkout {key[0]} product {key[1]}: committed {committed.get(key, 0)}, sold {sold.get(key, 0)}"
             )
     return out
+
+
+@invariant("orders: refunded <= paid")
+def order_refunded_within_total() -> list[str]:
+    over = Order.objects.filter(amount_refunded__gt=F("total")).values_list("public_id", "total", "amount_refunded")
+    return [f"order {oid}: total {total}, refunded {refunded}" for oid, total, refunded in over]
+
+
+@invariant("orders: a cancelled-after-payment order keeps no money and has its stock back unless --no-restock")
+def cancelled_after_payment_settled() -> list[str]:
+    out = []
+    done = OrderOperation.objects.filter(kind=OrderOperation.Kind.CANCEL, status=OrderOperation.Status.DONE)
+    for operation in done.select_related("order").prefetch_related("order__lines"):
+        order = operation.order
+        if order.status != Order.Status.CANCELLED:
+            out.append(f"order {order.public_id}: its cancellation is done but the order is {order.status}")
+        payment = Payment.objects.filter(order_id=order.public_id).first()
+        if payment is not None and payment.status == "succeeded" and payment.amount_refunded < payment.amount:
+            out.append(
+                f"order {order.public_id}: cancelled but {payment.amount - payment.amount_refunded} "
+                f"{payment.currency} of its payment is not refunded"
+            )
+        returned = dict(
+            StockAdjustment.objects.filter(reference=restock_reference(order.public_id)).values_list(
+                "product_id", "delta"
+            )
+        )
+        expected = {line.product_id: line.quantity for line in order.lines.all()} if operation.restock else {}
+        if returned != expected:
+            out.append(
+                f"order {order.public_id}: cancelled {'with' if operation.restock else 'without'} restock, but the "
+                f"stock put back is {returned or 'nothing'} (expected {expected or 'nothing'})"
+            )
+    return out
+
+
+@invariant("orders: every refund and cancellation staff started has finished")
+def operations_finished() -> list[str]:
+    stale = OrderOperation.objects.filter(
+        status=OrderOperation.Status.STARTED, created_at__lt=timezone.now() - UNFINISHED_AFTER
+    ).select_related("order")
+    command = {OrderOperation.Kind.REFUND: "refund_order", OrderOperation.Kind.CANCEL: "cancel_order"}
+    return [
+        f"order {op.order.public_id}: {op.get_kind_display()} by {op.actor_label} started "
+        f"{op.created_at:%Y-%m-%d %H:%M} has not finished (run manage.py {command[op.kind]} {op.order.public_id})"
+        for op in stale
+    ]

@@ -1,9 +1,10 @@
-"""Orders, the checkout saga that produces them, its append-only step log, the outbox, and the outbound
-webhook rows (orders/outbound/: endpoints, events, deliveries and their attempts).
+"""Orders, the checkout saga that produces them, its append-only step log, what staff did to an order
+after it (refunds, cancellation), the outbox, and the outbound webhook rows (orders/outbound/: endpoints,
+events, deliveries and their attempts).
 
-State fields change only through the saga (version-checked UPDATEs in orders/saga/persistence.py); admin and
-views read. Outbound events are written with the saga's statements too; deliveries only by
-orders/outbound/delivery.py.
+State fields change only through version-checked UPDATEs in orders/saga/persistence.py (the saga's, and
+the refund and cancellation ones after it); admin and views read. Outbound events are written with the
+saga's statements too; deliveries only by orders/outbound/delivery.py.
 """
 
 from __future__ import annotations
@@ -198,6 +199,47 @@ class SagaStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step} {self.outcome}"
+
+
+class OrderOperation(models.Model):
+    """What operations staff did to an order after its checkout: a refund or a cancellation, with who and
+    why (orders/refunds.py, orders/cancellation.py). One cancellation per order: two staff cancelling at
+    once share its row, and whichever gets there finishes it."""
+
+    class Kind(models.TextChoices):
+        REFUND = "refund"
+        CANCEL = "cancel", "cancel after payment"
+
+    class Status(models.TextChoices):
+        STARTED = "started", "started (not finished yet)"
+        DONE = "done"
+        FAILED = "failed"
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="operations")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTED)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(
+        max_length=150, help_text="Who asked: a staff user name, or the command and the OS user."
+    )
+    reason = models.TextField(blank=True, default="")
+    amount = models.PositiveBigIntegerField(null=True, blank=True, help_text="Refund: minor units asked for.")
+    refund_seq = models.PositiveIntegerField(null=True, blank=True, help_text="Refund: the payment's refund number.")
+    restock = models.BooleanField(null=True, blank=True, help_text="Cancel: whether the stock is put back.")
+    outcome = models.TextField(blank=True, default="", help_text="What it did, or why it stopped.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["order"], condition=Q(kind="cancel"), name="order_one_cancellation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.order_id} by {self.actor_label} ({self.status})"
 
 
 class Outbox(models.Model):

@@ -62,6 +62,32 @@ def checkout_active_for_cart(*, caller: Caller) -> CheckoutSaga:
     return saga
 
 
+def order_find(*, order_id: str) -> Order:
+    """Any order by its id, for operations staff (admin, management commands): no caller to scope it to."""
+    order = Order.objects.filter(public_id=order_id).first() if order_id else None
+    if order is None:
+        raise OrderNotFound(f"There is no order {order_id!r}.")
+    return order
+
+
+# What GET /api/orders/{id} says about the money (docs/api.md, "Orders").
+PAYMENT_STATUSES = ("unpaid", "authorized", "paid", "partially_refunded", "refunded")
+
+
+def order_payment_status(order: Order) -> str:
+    """The order's ``paymentStatus``: from the PaymentIntent status the order records and what is refunded.
+
+    ``authorized``: an uncaptured authorization (``requires_capture``); ``unpaid``: nothing captured (no
+    PaymentIntent yet, declined, in 3-D Secure, processing, or canceled/voided)."""
+    if order.payment_status == "requires_capture":
+        return "authorized"
+    if order.payment_status not in (Order.PaymentStatus.SUCCEEDED, Order.PaymentStatus.REFUNDED):
+        return "unpaid"
+    if order.payment_status == Order.PaymentStatus.REFUNDED or 0 < order.total <= order.amount_refunded:
+        return "refunded"
+    return "partially_refunded" if order.amount_refunded > 0 else "paid"
+
+
 def order_get(*, order_id: str, caller: Caller) -> Order:
     order = Order.objects.filter(_owned(caller), public_id=order_id).prefetch_related("lines").first()
     if order is None:

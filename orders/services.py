@@ -1,4 +1,4 @@
-"""Order services outside the saga proper: the outbox consumer and its sweep.
+"""Order services outside the saga proper: the outbox (writing an event, its consumer and its sweep).
 
 orders/tasks.py imports this module, never the reverse: events are handed to a worker by task name.
 """
@@ -6,9 +6,11 @@ orders/tasks.py imports this module, never the reverse: events are handed to a w
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from celery import signature
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -17,6 +19,22 @@ from orders.saga.driver import saga_fulfil
 
 log = structlog.get_logger("cartflow.outbox")
 HANDLED = ("order.confirmed",)
+
+
+def outbox_add(*, event_type: str, payload: dict[str, Any]) -> Outbox:
+    """An event for the shop's other systems (``order.refunded``, ``order.cancelled``), written in the
+    caller's transaction, so it exists exactly when what it tells did; handed to a worker once that commits
+    (the sweep re-sends it if the broker is away)."""
+    row = Outbox.objects.create(event_type=event_type, payload=payload)
+    transaction.on_commit(lambda: _enqueue(row.pk))
+    return row
+
+
+def _enqueue(outbox_id: int) -> None:
+    try:
+        signature("orders.tasks.outbox_process_task", args=(outbox_id,)).delay()
+    except Exception:  # noqa: BLE001 - the broker is down: the beat sweep re-enqueues unprocessed rows
+        log.warning("outbox_enqueue_failed", outbox_id=outbox_id)
 
 
 def outbox_process(*, outbox_id: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from cartflow.admin import ReadOnlyAdminMixin
-from payments.models import DisputedPayment, Payment, PaymentAttempt, WebhookEvent
+from payments.models import DisputedPayment, Payment, PaymentAttempt, Refund, WebhookEvent
 from payments.reconciliation import payments_reconcile
 from payments.webhooks.handlers import webhook_event_process
 
@@ -21,12 +21,21 @@ class PaymentAttemptInline(admin.TabularInline):
         return False
 
 
+class RefundInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """The numbered refunds (payments/refunds.py); who asked and why is on the order's page."""
+
+    model = Refund
+    extra = 0
+    fields = ("seq", "amount", "status", "stripe_refund_id", "idempotency_key", "failure_reason", "created", "updated")
+    readonly_fields = fields
+
+
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("order_id", "intent_id", "status", "amount", "currency", "amount_refunded", "disputed", "updated")
     list_filter = ("status", "disputed", "currency")
     search_fields = ("order_id", "checkout_id", "intent_id")
-    inlines = [PaymentAttemptInline]
+    inlines = [RefundInline, PaymentAttemptInline]
     actions = ["reconcile_selected"]
 
     @admin.action(description="Reconcile with Stripe now")

@@ -56,6 +56,27 @@ class PaymentPermanentError(Exception):
         self.stripe_code = stripe_code
 
 
+class RefundExceedsRemaining(DomainError):
+    """More asked for than is left of the payment (or nothing is left): nothing was reserved or sent."""
+
+    code = "refund_exceeds_remaining"
+
+
+class RefundInProgress(DomainError):
+    """A numbered refund of this payment has not settled yet; no second one starts meanwhile."""
+
+    code = "refund_in_progress"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = 2, **kwargs: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **kwargs)
+
+
+class RefundFailed(DomainError):
+    """Stripe refused the refund, or it failed (status ``failed``/``canceled``): its amount is free again."""
+
+    code = "refund_failed"
+
+
 class WebhookSignatureInvalid(DomainError):
     """The Stripe-Signature header is missing, does not match the body, or is older than the tolerance."""
 

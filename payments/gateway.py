@@ -251,12 +251,13 @@ class _Call:
 
 
 def _stripe_write(
-    operation: str, *, key: str, creates: bool = False
+    operation: str, *, key: str | Callable[..., str], creates: bool = False
 ) -> Callable[[Callable[Concatenate[_Call, P], R]], Callable[P, R]]:
     """Run the decorated write the way every write to Stripe runs.
 
     Never inside a database transaction (RuntimeError: a bug). The body gets its :class:`_Call`, whose
-    idempotency key is ``key`` formatted with the call's arguments, so a retry repeats the same request.
+    idempotency key is ``key`` formatted with (or, a function, called with) the call's keyword arguments, so
+    a retry repeats the same request.
     After it, the attempt is recorded whatever the end: the PaymentIntent returned (or ``call.intent``); a
     refused payment method (:class:`PaymentMethodInvalid`, with the intent it still created, if any); or a
     Stripe error, which leaves as ours (:func:`_classify`). A write that ``creates`` the PaymentIntent
@@ -269,7 +270,8 @@ def _stripe_write(
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             _assert_no_transaction()
             given: dict[str, Any] = kwargs
-            call = _Call(order_id=given["order_id"], operation=operation, key=key.format(**given))
+            call_key = key(**given) if callable(key) else key.format(**given)
+            call = _Call(order_id=given["order_id"], operation=operation, key=call_key)
             if creates:
                 call.checkout_id, call.amount = given["checkout_id"], given["amount"]
                 call.currency = given["currency"].lower()
@@ -436,24 +438,62 @@ def payment_intent_capture(call: _Call, *, order_id: str, intent_id: str, amount
         return _retrieve(intent_id)  # the re-read PaymentIntent is the real answer
 
 
-@_stripe_write("refund", key="cf:{order_id}:refund")
-def refund_create(call: _Call, *, order_id: str, intent_id: str, amount: int | None = None) -> RefundResult:
-    """Refund the order's charge (all of it by default). Already fully refunded → the existing refund."""
+def refund_key(*, order_id: str, seq: int | None = None, **_: Any) -> str:
+    """``cf:<order>:refund`` for the one full refund of a compensation or a reconciliation;
+    ``cf:<order>:refund:<seq>`` for a numbered refund (payments/refunds.py)."""
+    return f"cf:{order_id}:refund" if seq is None else f"cf:{order_id}:refund:{seq}"
+
+
+@_stripe_write("refund", key=refund_key)
+def refund_create(
+    call: _Call, *, order_id: str, intent_id: str, amount: int | None = None, seq: int | None = None
+) -> RefundResult:
+    """Refund the order's charge: all of what is left by default, or ``amount``.
+
+    Without ``seq``: the order's one full refund; already fully refunded → the existing refund. With
+    ``seq``: refund number ``seq`` of the order, keyed by it and carrying it in ``metadata.refund_seq``, so
+    a replay after a lost answer is answered with the refund Stripe made, and a webhook can tell which of
+    ours it is; a charge already refunded is then a refusal (PaymentPermanentError), not "the existing one".
+    """
     params: dict[str, Any] = {"payment_intent": intent_id}
     if amount is not None:
         params["amount"] = amount
+    if seq is not None:
+        params["metadata"] = {"order_id": order_id, "refund_seq": str(seq)}
     try:
         refund = _client().v1.refunds.create(params=params, options={"idempotency_key": call.key})
     except stripe.InvalidRequestError as exc:
-        if _code(exc) != "charge_already_refunded":
+        if seq is not None or _code(exc) != "charge_already_refunded":
             raise
         refund = _existing_refund(intent_id, exc)
-    result = RefundResult(refund_id=refund.id, status=refund.status, amount=int(refund.amount))
+    result = _to_refund(refund)
     try:
         call.intent = _retrieve(intent_id)  # recorded with the attempt: the refunded amount as Stripe has it
     except stripe.StripeError:
         pass  # the refund happened; the next sync (webhook charge.refunded, reconcile) records it
     return result
+
+
+def refund_retrieve(*, refund_id: str) -> RefundResult:
+    """The refund as Stripe has it now (a read, recorded on no order)."""
+    _assert_no_transaction()
+    try:
+        return _to_refund(_client().v1.refunds.retrieve(refund_id))
+    except stripe.StripeError as exc:
+        raise _classify(exc) from exc
+
+
+def _to_refund(refund: Any) -> RefundResult:
+    data = refund.to_dict() if hasattr(refund, "to_dict") else dict(refund)
+    intent = data.get("payment_intent")
+    return RefundResult(
+        refund_id=data["id"],
+        status=data.get("status") or "",
+        amount=int(data.get("amount") or 0),
+        intent_id=intent.get("id") if isinstance(intent, dict) else intent,
+        metadata=dict(data.get("metadata") or {}),
+        failure_reason=data.get("failure_reason"),
+    )
 
 
 # --- helpers for the error paths ---

@@ -57,5 +57,14 @@ class IntentResult:
 @dataclass(frozen=True)
 class RefundResult:
     refund_id: str
-    status: str
+    status: str  # pending, requires_action, succeeded, failed, canceled (Stripe's refund statuses)
     amount: int
+    intent_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+    failure_reason: str | None = None
+
+    @property
+    def seq(self) -> int | None:
+        """The number CartFlow gave the refund (``metadata.refund_seq``); None for one made elsewhere."""
+        raw = self.metadata.get("refund_seq")
+        return int(raw) if raw and str(raw).isdigit() else None

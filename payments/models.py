@@ -7,7 +7,7 @@ handlers and reconciliation re-fetch the PaymentIntent and sync these rows from 
 from __future__ import annotations
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 INTENT_STATUSES = [
     ("", "no PaymentIntent yet"),
@@ -37,6 +37,16 @@ class Payment(models.Model):
     order_cancelled_at = models.DateTimeField(
         null=True, blank=True, help_text="Set when the order was cancelled; a charge on it gets refunded."
     )
+    # Written only by payments/refunds.py. Defaults live in the database too: the attempt recorder inserts
+    # Payment rows with its own SQL (payments/services.py), naming only the columns it knows.
+    refund_seq = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Refunds numbered so far: the next one is refund_seq + 1."
+    )
+    refund_reserved = models.PositiveBigIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Minor units taken by the numbered refunds that have not failed (asked, pending or succeeded).",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True, db_index=True)
 
@@ -46,6 +56,8 @@ class Payment(models.Model):
             models.CheckConstraint(
                 condition=Q(currency="") | Q(currency__regex=r"^[a-z]{3}$"), name="payment_currency"
             ),
+            # Never more refunded than paid, whatever races the conditional UPDATE in payments/refunds.py.
+            models.CheckConstraint(condition=Q(refund_reserved__lte=F("amount")), name="payment_refunds_within_amount"),
         ]
 
     def __str__(self) -> str:
@@ -59,6 +71,42 @@ class DisputedPayment(Payment):
         proxy = True
         verbose_name = "dispute"
         verbose_name_plural = "disputes"
+
+
+class Refund(models.Model):
+    """One refund CartFlow asked Stripe for, numbered per payment (payments/refunds.py).
+
+    Its amount is taken from what is left to refund (``Payment.refund_reserved``) before Stripe is called,
+    so two staff refunding at once cannot both take the same money; a refund that fails gives it back.
+    ``requested``: taken, and Stripe has not answered yet (or its answer was lost: calling again with the
+    same key, ``cf:<order>:refund:<seq>``, finds out)."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "requested (Stripe has not answered)"
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    seq = models.PositiveIntegerField(help_text="1, 2, … per payment; part of the Stripe idempotency key.")
+    amount = models.PositiveBigIntegerField(help_text="Minor units.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.REQUESTED)
+    idempotency_key = models.CharField(max_length=255)
+    stripe_refund_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    failure_reason = models.CharField(max_length=255, blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["payment_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["payment", "seq"], name="refund_one_per_seq"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund #{self.seq} of {self.payment.order_id}: {self.amount} ({self.status})"
 
 
 class PaymentAttempt(models.Model):

@@ -14,6 +14,8 @@ Drift kinds (a row can show several):
 - ``open_intent_on_cancelled_order`` / ``authorization_on_cancelled_order``: the order was cancelled, the
   PaymentIntent is still open or holds an authorization → cancel it (an authorization is voided, not refunded).
 - ``dispute``: the charge is disputed → a human answers it in Stripe's dashboard.
+- ``refund_unfinished``: a numbered refund Stripe never answered (a crash, a lost response) for more than
+  ``UNFINISHED_REFUND_SECONDS`` → asked again with its own key (payments/refunds.py), which settles it.
 
 Stripe calls happen outside any transaction; each repair is its own short write.
 """
@@ -21,20 +23,24 @@ Stripe calls happen outside any transaction; each repair is its own short write.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
+from django.utils import timezone
 
 from payments import budget as stripe_budget
-from payments.errors import PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
+from payments.errors import PaymentPermanentError, PaymentProviderBusy, PaymentTransientError, RefundFailed
 from payments.gateway import payment_intent_cancel, payment_intent_retrieve, refund_create
 from payments.hooks import intent_listeners_notify
 from payments.interface import CANCELABLE, IntentResult
 from payments.models import Payment
+from payments.refunds import refund_execute, refunds_unfinished
 from payments.selectors import payments_to_reconcile
 from payments.services import payment_sync_from_intent
 
 log = structlog.get_logger("cartflow.payments.reconcile")
+# A numbered refund this long without Stripe's answer is not waiting on a live call any more.
+UNFINISHED_REFUND_SECONDS = 60
 
 
 @dataclass
@@ -127,6 +133,8 @@ def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
         row.needs_human = True
         return row
     row.stripe = intent.status
+    if _finish_unfinished_refunds(row, payment):
+        intent = payment_intent_retrieve(intent_id=payment.intent_id)
 
     changed = False
     if intent.succeeded and payment.status != "succeeded":
@@ -147,10 +155,11 @@ def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
         changed = True
     if payment.amount_refunded != intent.amount_refunded:
         row.drift.append("refund_drift")
-    if payment.amount_refunded != intent.amount_refunded or changed or (intent.disputed and not payment.disputed):
+    refunds_moved = payment.amount_refunded != intent.amount_refunded
+    if refunds_moved or changed or (intent.disputed and not payment.disputed):
         payment_sync_from_intent(intent=intent, force=True)
         row.actions.append("synced")
-    if changed:
+    if changed or refunds_moved:
         _notify(row, intent)
 
     if payment.order_cancelled_at is not None:
@@ -161,6 +170,23 @@ def payment_reconcile_one(*, payment: Payment) -> ReconcileRow | None:
         row.actions.append("answer the dispute in Stripe")
         row.needs_human = True
     return row if row.drift else None
+
+
+def _finish_unfinished_refunds(row: ReconcileRow, payment: Payment) -> bool:
+    """Ask again, with its own key, for each numbered refund left ``requested`` long enough that no live
+    call can still be waiting for it. True when one was asked."""
+    cutoff = timezone.now() - timedelta(seconds=UNFINISHED_REFUND_SECONDS)
+    stale = [r for r in refunds_unfinished(order_id=payment.order_id) if r.created < cutoff]
+    for refund in stale:
+        row.drift.append("refund_unfinished")
+        try:
+            settled = refund_execute(refund_id=refund.pk)
+            row.actions.append(f"refund #{refund.seq} asked again: {settled.status}")
+        except RefundFailed as exc:
+            row.actions.append(f"refund #{refund.seq} asked again: failed ({exc.detail})")
+        except (PaymentTransientError, PaymentProviderBusy) as exc:
+            row.actions.append(f"refund #{refund.seq} still unanswered: {exc.detail}")
+    return bool(stale)
 
 
 def _notify(row: ReconcileRow, intent: IntentResult) -> None:

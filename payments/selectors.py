@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import QuerySet
 
-from payments.models import Payment, WebhookEvent
+from payments.models import Payment, Refund, WebhookEvent
 
 
 def payment_get(*, order_id: str) -> Payment | None:
@@ -15,6 +15,11 @@ def payment_get(*, order_id: str) -> Payment | None:
 
 def payment_get_by_intent(*, intent_id: str) -> Payment | None:
     return Payment.objects.filter(intent_id=intent_id).first()
+
+
+def refunds_of_order(*, order_id: str) -> list[Refund]:
+    """The order's numbered refunds (payments/refunds.py), in order."""
+    return list(Refund.objects.filter(payment__order_id=order_id).order_by("seq"))
 
 
 def payments_to_reconcile(*, since: datetime | None = None, ids: list[int] | None = None) -> QuerySet[Payment]:

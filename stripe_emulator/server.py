@@ -444,6 +444,10 @@ class EmulatorServer:
                     self.state.clock_offset += float(data.get("advance_seconds", 0))
                     expired = self.state.expire_authorizations()  # time passed for the authorizations too
                     return 200, {"now": self.state.now(), "offset": self.state.clock_offset, "expired": expired}
+            found = re.match(r"^/_emulator/refunds/([A-Za-z0-9_]+)/settle$", path)
+            if method == "POST" and found:
+                status = data.get("status")
+                return 200, self.state.refund_settle(found.group(1), str(status), data.get("failure_reason"))
             found = re.match(r"^/_emulator/payment_intents/([A-Za-z0-9_]+)/authenticate$", path)
             if method == "POST" and found:
                 outcome = data.get("outcome", "succeed")

@@ -40,6 +40,8 @@ _CONFIRM_PARAMS = {
     "receipt_email", "setup_future_usage", "mandate_data", "use_stripe_sdk", "capture_method", "shipping",
     "payment_method_data", "payment_method_types", "radar_options", "confirmation_token",
 }  # fmt: skip
+_REFUND_STATUSES = ("pending", "succeeded", "failed", "canceled")
+_REFUND_COUNTED = ("pending", "succeeded")  # what the charge's amount_refunded adds up
 _UPDATE_PARAMS = {
     "amount", "currency", "metadata", "description", "payment_method", "receipt_email", "expand",
     "capture_method", "setup_future_usage", "shipping", "statement_descriptor", "payment_method_types",
@@ -321,6 +323,7 @@ class EmulatorState(Store):
                 "payment_intent": charge["payment_intent"],
                 "reason": reason,
                 "receipt_number": None,
+                "failure_reason": None,
                 "source_transfer_reversal": None,
                 "status": "succeeded",
                 "transfer_reversal": None,
@@ -333,6 +336,35 @@ class EmulatorState(Store):
             self._emit("refund.created", refund, req)
             self._emit("charge.refunded", charge, req)
             return self.render(refund, params.get("expand"))
+
+    def refund_settle(self, refund_id: str, status: str, failure_reason: str | None = None) -> dict[str, Any]:
+        """Move a refund to ``status`` later, as the card network does: a pending refund succeeds, or one fails
+        days after it was made (https://docs.stripe.com/refunds#failed-refunds). Only a pending or succeeded
+        refund counts in the charge's ``amount_refunded``. Emits ``refund.updated``, ``charge.refund.updated``
+        and, for a failure, ``refund.failed``."""
+        if status not in _REFUND_STATUSES:
+            raise invalid("Invalid status: must be one of " + ", ".join(_REFUND_STATUSES), param="status")
+        with self.lock:
+            refund = self.refunds.get(refund_id)
+            if refund is None:
+                raise no_such("refund", refund_id)
+            if refund["status"] in ("failed", "canceled"):
+                raise ApiError(400, f"Refund {refund_id} has already {refund['status']}.", code="refund_not_updatable")
+            charge = self.charges[refund["charge"]]
+            counted_before, counted_after = refund["status"] in _REFUND_COUNTED, status in _REFUND_COUNTED
+            charge["amount_refunded"] += refund["amount"] * (counted_after - counted_before)
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"] > 0
+            refund["status"] = status
+            if status == "failed":
+                refund["failure_reason"] = failure_reason or "expired_or_canceled_card"
+            for listed in charge["refunds"]["data"]:
+                if listed["id"] == refund_id:
+                    listed.update(copy.deepcopy(refund))
+            self._emit("refund.updated", refund, None)
+            self._emit("charge.refund.updated", refund, None)
+            if status == "failed":
+                self._emit("refund.failed", refund, None)
+            return self.render(refund)
 
     # -- internals --------------------------------------------------------------------------------------------
     def _cancel(self, pi: dict[str, Any], reason: str | None, req: RequestInfo | None) -> None:

@@ -12,6 +12,9 @@ lines (:func:`save_order_created`) and one :class:`OrderChange` per later write 
 BEGIN/COMMIT per write; tests/cartflow/test_query_budgets.py holds the counts this keeps. A write that
 the shop's systems hear about carries its outbound event (``event=``, orders/outbound/events.py) as one more
 CTE of the same statement, built from the order row that statement leaves.
+After the
+checkout has ended, refunds and cancellation change the order with an :class:`OrderChange` too, applied on
+its own by :func:`order_change`.
 """
 
 from __future__ import annotations
@@ -114,7 +117,48 @@ def order_confirmed() -> OrderChange:
 
 
 def order_fulfilled() -> OrderChange:
-    return OrderChange("status = %s", (Order.Status.FULFILLED.value,))
+    """Fulfilled, unless staff cancelled the order while its fulfilment waited in the outbox."""
+    return OrderChange("status = %s", (Order.Status.FULFILLED.value,), "status <> %s", (Order.Status.CANCELLED.value,))
+
+
+# --- after the checkout: what refunds and cancellation write (orders/refunds.py, orders/cancellation.py) ---
+
+
+def order_refund_total(*, refunded: int, was: int) -> OrderChange:
+    """The refunded amount as the order's payment has it, and the payment status ``refunded`` once that is the
+    whole total (back to ``succeeded`` when a refund failed afterwards). Only while the row still says
+    ``was``: two writers of the amount never interleave, the loser reads again."""
+    refunded_status, succeeded = Order.PaymentStatus.REFUNDED.value, Order.PaymentStatus.SUCCEEDED.value
+    return OrderChange(
+        "amount_refunded = %s, payment_status = CASE WHEN %s >= total AND total > 0 THEN %s "
+        "WHEN payment_status = %s THEN %s ELSE payment_status END",
+        (refunded, refunded, refunded_status, refunded_status, succeeded),
+        "amount_refunded = %s",
+        (was,),
+    )
+
+
+def order_cancelled_after_payment() -> OrderChange:
+    """A confirmed or fulfilled order cancelled by staff (its money given back first)."""
+    return OrderChange(
+        "status = %s",
+        (Order.Status.CANCELLED.value,),
+        "status IN (%s, %s)",
+        (Order.Status.CONFIRMED.value, Order.Status.FULFILLED.value),
+    )
+
+
+def order_change(order_pk: int, change: OrderChange) -> bool:
+    """One change of an order whose checkout has ended, as its own statement (the saga's writes carry
+    theirs in the saga's statement). True when the row matched ``change.where``."""
+    where = f" AND {change.where}" if change.where else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(Order._meta.db_table)} SET {change.assignments}, updated_at = %s "  # noqa: S608
+            f"WHERE id = %s{where}",
+            [*change.params, timezone.now(), order_pk, *change.where_params],
+        )
+        return cursor.rowcount == 1
 
 
 # --- the saga's writes ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Webhook handlers: apply one stored Stripe event, routed by its type through :data:`HANDLERS`.
 
 The task (payments/tasks.py) calls :func:`webhook_event_process` for each event intake stored
-(payments/webhooks/intake.py). A handler never trusts the payload: it re-fetches the PaymentIntent from
-Stripe, syncs the Payment row and tells the listeners (payments/hooks.py). Unknown types are ``ignored``.
+(payments/webhooks/intake.py). A handler never trusts the payload: it re-fetches the PaymentIntent (and a
+refund, the refund) from Stripe, syncs the Payment row (and our Refund row, payments/refunds.py) and tells
+the listeners (payments/hooks.py). Unknown types are ``ignored``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from payments import budget as stripe_budget
-from payments.errors import PaymentProviderBusy, PaymentTransientError
-from payments.gateway import payment_intent_retrieve
+from payments.errors import PaymentProviderBusy, PaymentTransientError, RefundFailed
+from payments.gateway import payment_intent_retrieve, refund_retrieve
 from payments.hooks import NotKnownYet, intent_listeners_notify, intent_listeners_settled
 from payments.interface import IntentResult
 from payments.metrics import webhook_processed
 from payments.models import Payment, WebhookEvent
+from payments.refunds import refund_execute, refund_sync, refunds_unfinished
 from payments.services import payment_sync_from_intent
 
 log = structlog.get_logger("cartflow.payments.webhooks")
@@ -63,7 +65,9 @@ def _already_reflected(event: dict[str, Any], intent_id: str) -> bool:
     return recorded in (status, "succeeded") and intent_listeners_settled(intent_id=intent_id, status=recorded)
 
 
-def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False) -> None:
+def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False, force: bool = False) -> None:
+    """Re-fetch the PaymentIntent, sync the Payment row, tell the listeners. ``force``: the refunded amount
+    may have gone down (a refund failed), so the row takes Stripe's figure as it is."""
     intent_id = event_intent_id(event)
     if not intent_id:
         raise LookupError(f"{event['type']} carries no PaymentIntent")
@@ -73,7 +77,7 @@ def _sync_and_notify(event: dict[str, Any], *, dispute: bool = False) -> None:
     intent = payment_intent_retrieve(intent_id=intent_id)  # re-fetch: never trust the payload
     if dispute:
         intent = _with_dispute(intent)
-    payment = payment_sync_from_intent(intent=intent)
+    payment = payment_sync_from_intent(intent=intent, force=force)
     if dispute and not payment.disputed:
         Payment.objects.filter(pk=payment.pk).update(disputed=True, updated=timezone.now())
     intent_listeners_notify(intent=intent, source="webhook")
@@ -84,13 +88,33 @@ def _with_dispute(intent: IntentResult) -> IntentResult:
     return replace(intent, disputed=True)
 
 
+def _charge_refunded(event: dict[str, Any]) -> None:
+    """A refund landed on the charge. A numbered refund of ours whose answer was lost (still ``requested``)
+    is asked for again with its own key, so Stripe tells which refund it is; then the usual sync."""
+    payment = Payment.objects.filter(intent_id=event_intent_id(event)).first()
+    for refund in refunds_unfinished(order_id=payment.order_id) if payment is not None else []:
+        try:
+            refund_execute(refund_id=refund.pk)
+        except RefundFailed:
+            pass  # settled as failed, its amount free again; the charge's refunds are synced below
+    _sync_and_notify(event)
+
+
+def _refund_updated(event: dict[str, Any]) -> None:
+    """A refund changed at Stripe (pending → succeeded, or failed days later): re-fetch it, move our row,
+    then sync the payment with Stripe's refunded amount as it is, which a failure lowers."""
+    refund_sync(result=refund_retrieve(refund_id=event["data"]["object"]["id"]))
+    _sync_and_notify(event, force=True)
+
+
 HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "payment_intent.succeeded": _sync_and_notify,
     "payment_intent.amount_capturable_updated": _sync_and_notify,  # authorized (manual capture)
     "payment_intent.payment_failed": _sync_and_notify,
     "payment_intent.canceled": _sync_and_notify,
     "payment_intent.requires_action": _sync_and_notify,
-    "charge.refunded": _sync_and_notify,
+    "charge.refunded": _charge_refunded,
+    "refund.updated": _refund_updated,
     "charge.dispute.created": lambda event: _sync_and_notify(event, dispute=True),
 }
 # The event types CartFlow acts on, defined by the table above: `make run`, the bench stack and the e2e

@@ -11,12 +11,13 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from inventory.errors import InsufficientStock, InventoryContention, ReservationStateError
-from inventory.models import Product, Reservation, Stock
+from inventory.models import Product, Reservation, Stock, StockAdjustment
 from inventory.services import (
     ReserveLine,
     reservation_commit,
     reservation_release,
     reservation_reserve,
+    stock_adjust,
 )
 from tests.support.threads import race
 
@@ -221,3 +222,14 @@ def test_commit_racing_release_sells_or_returns_each_hold_whole():
     assert (stock_a.on_hand, stock_a.reserved) == (100 - sold_units_a, 0)
     assert (stock_b.on_hand, stock_b.reserved) == (100 - sold_units_a // 2, 0)
     # (check_invariants would also compare committed stock with confirmed orders, which this test has none of.)
+
+
+def test_a_referenced_restock_raced_by_many_threads_is_applied_once(patient_retries):
+    """Two staff cancelling one order at once (and more): the stock goes back once, with one audit row."""
+    product = make_product(on_hand=4)
+    results = race(
+        8, lambda i: stock_adjust(product_id=product.id, delta=3, reason="cancelled", reference="order:o1:cancel")
+    )
+    assert results == [7] * 8, results
+    assert Stock.objects.get(product=product).on_hand == 7
+    assert StockAdjustment.objects.filter(product=product, reference="order:o1:cancel").count() == 1

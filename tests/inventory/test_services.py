@@ -184,6 +184,18 @@ def test_stock_adjust_audits_and_refuses_to_go_below_reserved(make_product, djan
     assert audit == [(7, "restock", staff.pk, 12), (-2, "write-off", None, 10)]
 
 
+def test_stock_adjust_with_a_reference_applies_once_per_product(make_product):
+    """A restock named by what it is for (a cancelled order) is applied once, however often it is asked."""
+    a, b = make_product(5), make_product(5)
+    assert stock_adjust(product_id=a.id, delta=2, reason="order cancelled", reference="order:ord_x:cancel") == 7
+    assert stock_adjust(product_id=a.id, delta=2, reason="order cancelled", reference="order:ord_x:cancel") == 7
+    assert stock_adjust(product_id=b.id, delta=1, reason="order cancelled", reference="order:ord_x:cancel") == 6
+    assert stock_adjust(product_id=a.id, delta=2, reason="plain restock") == 9  # no reference: every time
+    assert stock_adjust(product_id=a.id, delta=2, reason="plain restock") == 11
+    rows = StockAdjustment.objects.filter(reference="order:ord_x:cancel").values_list("product_id", "delta")
+    assert sorted(rows) == sorted([(a.id, 2), (b.id, 1)])
+
+
 def test_a_new_holder_that_is_not_new_still_holds_nothing_twice(make_product):
     """``new_holder`` skips the lookup of the holder's rows; if a row exists all the same (a caller's
     mistake, or a concurrent reserve of the same holder), the unique index turns it into "already held"."""

@@ -16,6 +16,7 @@ from inventory.models import Reservation
 from inventory.services import stock_adjust
 from orders.models import CheckoutSaga, Order, OutboundEvent, WebhookEndpoint
 from orders.outbound.delivery import outbound_event_fan_out, webhook_delivery_attempt
+from orders.refunds import order_refund
 from orders.saga.crashpoints import SimulatedCrash, crash_points
 from payments.models import Payment, WebhookEvent
 from tests.support.saga import guest_with_cart, invariants_hold, make_product, stock
@@ -79,6 +80,7 @@ def test_every_admin_changelist_and_change_page_answers_200(staff, stripe_emulat
     [event] = OutboundEvent.objects.filter(order=order)
     outbound_event_fan_out(event_id=event.pk)
     webhook_delivery_attempt(delivery_id=event.deliveries.get().pk)
+    order_refund(order_id=order.public_id, amount=100, reason="a row for refunds and operations", actor=staff.user)
     Group.objects.create(name="operations")
     Token.objects.create(user=staff.user)
 

@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from payments.gateway import payment_intent_confirm, payment_intent_create
 from payments.hooks import NotKnownYet, register_intent_listener, unregister_intent_listener
-from payments.models import Payment
+from payments.models import Payment, Refund
 from payments.reconciliation import payments_reconcile
+from payments.refunds import refund_reserve
 from payments.selectors import payment_get
 from payments.services import payment_mark_order_cancelled
 
@@ -156,6 +157,30 @@ def test_a_refund_made_in_the_dashboard_is_picked_up(stripe_emulator):
     [row] = payments_reconcile().rows
     assert row.drift == ["refund_drift"]
     assert payment_get(order_id="ord_dash").amount_refunded == 500
+
+
+def test_a_refund_made_in_the_dashboard_tells_the_listeners(stripe_emulator, told):
+    intent_id = _intent("ord_dash_told", pay=True)
+    stripe_emulator.client().v1.refunds.create(params={"payment_intent": intent_id, "amount": 500})
+    payments_reconcile()
+    assert told == [("ord_dash_told", "succeeded", "reconcile")]  # so the order's refunded amount follows
+
+
+def test_a_numbered_refund_stripe_never_answered_is_asked_again_with_its_own_key(stripe_emulator):
+    """A process reserved refund #1 and died (or lost Stripe's answer): an hour later the reconciliation asks
+    again with ``cf:<order>:refund:1``; a fresh one (a call may still be waiting) is left alone."""
+    intent_id = _intent("ord_unanswered", pay=True)
+    refund = refund_reserve(order_id="ord_unanswered", amount=700)
+    assert payments_reconcile().rows == []  # just reserved: a live call may be on its way
+    Refund.objects.filter(pk=refund.pk).update(created=timezone.now() - timedelta(minutes=5))
+    [row] = payments_reconcile().rows
+    assert row.drift[0] == "refund_unfinished" and row.actions[0] == "refund #1 asked again: succeeded"
+    refund.refresh_from_db()
+    assert refund.status == "succeeded" and refund.idempotency_key == "cf:ord_unanswered:refund:1"
+    [made] = stripe_emulator.client().v1.refunds.list(params={"payment_intent": intent_id}).data
+    assert (made.id, made.amount) == (refund.stripe_refund_id, 700)
+    assert payment_get(order_id="ord_unanswered").amount_refunded == 700
+    assert payments_reconcile().rows == []
 
 
 def test_a_dispute_needs_a_human(stripe_emulator):

@@ -84,6 +84,13 @@ class EmulatorHandle:
         """Complete (``succeed``) or fail (``fail``) 3-D Secure for a PaymentIntent in ``requires_action``."""
         return self.control("POST", f"/_emulator/payment_intents/{pi_id}/authenticate", {"outcome": outcome})
 
+    def settle_refund(self, refund_id: str, status: str, failure_reason: str | None = None) -> dict[str, Any]:
+        """Move a refund later, as the card network does (``pending`` → ``succeeded``, or ``failed`` afterwards)."""
+        body: dict[str, Any] = {"status": status}
+        if failure_reason is not None:
+            body["failure_reason"] = failure_reason
+        return self.control("POST", f"/_emulator/refunds/{refund_id}/settle", body)
+
     def events(self, type: str | None = None) -> list[dict[str, Any]]:  # noqa: A002 - Stripe's word
         """Every event so far, oldest first, optionally of one type."""
         events = self.control("GET", "/_emulator/events")["events"]

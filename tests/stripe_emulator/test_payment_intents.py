@@ -193,6 +193,27 @@ def test_refunds_partial_then_rest_then_refuse_more(client):
     assert excinfo.value.code == "charge_already_refunded"
 
 
+def test_a_refund_that_fails_later_gives_its_amount_back_to_the_charge_and_says_so(client, emulator):
+    """Like a card network refusing a refund days later: the charge's refunded amount goes back down, and
+    ``refund.updated`` (with ``charge.refund.updated`` and ``refund.failed``) tell the webhook."""
+    pi = client.v1.payment_intents.create(params={**CREATE, "confirm": True, "payment_method": "pm_card_visa"})
+    refund = client.v1.refunds.create(params={"payment_intent": pi.id, "amount": 1000})
+    assert emulator.settle_refund(refund.id, "pending")["status"] == "pending"
+    assert client.v1.charges.retrieve(pi.latest_charge).amount_refunded == 1000  # pending still counts
+    failed = emulator.settle_refund(refund.id, "failed")
+    assert (failed["status"], failed["failure_reason"]) == ("failed", "expired_or_canceled_card")
+    charge = client.v1.charges.retrieve(pi.latest_charge)
+    assert (charge.amount_refunded, charge.refunded) == (0, False)
+    assert client.v1.refunds.retrieve(refund.id).status == "failed"
+    updates = [e["data"]["object"]["status"] for e in emulator.events("refund.updated")]
+    assert updates == ["pending", "failed"] and len(emulator.events("refund.failed")) == 1
+    assert len(emulator.events("charge.refund.updated")) == 2
+    with pytest.raises(AssertionError, match="refund_not_updatable"):
+        emulator.settle_refund(refund.id, "succeeded")  # a failed refund stays failed
+    rest = client.v1.refunds.create(params={"payment_intent": pi.id})
+    assert rest.amount == 2500  # what failed can be refunded again
+
+
 def test_refunding_an_unpaid_intent_is_refused(client):
     pi = client.v1.payment_intents.create(params=CREATE)
     with pytest.raises(stripe.InvalidRequestError):

@@ -1,4 +1,5 @@
-"""Helpers shared by the checkout/saga tests: a stocked product, a guest with a cart, money and stock sums."""
+"""Helpers shared by the checkout/saga tests: a stocked product, a guest with a cart, a paid order, money and
+stock sums."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from inventory.models import Product, Reservation, Stock
+from orders.services import outbox_process_pending
 
 _skus = itertools.count(1)
 
@@ -28,6 +30,20 @@ def guest_with_cart(*items: tuple[Product, int]) -> APIClient:
         if "HTTP_X_CART_TOKEN" not in client._credentials:
             client.credentials(HTTP_X_CART_TOKEN=response.json()["token"])
     return client
+
+
+def paid_order(*items: tuple[Product, int], fulfil: bool = True) -> tuple[APIClient, str]:
+    """A guest's order checked out and paid through the real endpoints (``pm_card_visa``), its fulfilment
+    run from the outbox unless ``fulfil`` is False (then it stays ``confirmed``). Returns the buyer's client
+    (which may read the order) and the order id."""
+    client = guest_with_cart(*items)
+    started = client.post("/api/checkout/start", {}, format="json")
+    assert started.status_code == 201, started.content
+    paid = client.post("/api/checkout/confirm", {"paymentMethodId": "pm_card_visa"}, format="json")
+    assert paid.status_code == 200, paid.content
+    if fulfil:
+        outbox_process_pending()
+    return client, started.json()["orderId"]
 
 
 def stock(product: Product) -> tuple[int, int]:
