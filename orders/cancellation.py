@@ -31,10 +31,10 @@ from django.utils import timezone
 from inventory.services import stock_adjust
 from orders.errors import OrderNotCancellable
 from orders.models import Order, OrderOperation
+from orders.outbound.events import outbound_event_record
 from orders.refunds import actor_fields, order_refunds_record
 from orders.saga.persistence import order_cancelled_after_payment, order_change, order_records_intent
 from orders.selectors import order_find, order_payment_status
-from orders.outbound.events import outbound_event_record
 from orders.services import outbox_add
 from payments.errors import PaymentTransientError, RefundExceedsRemaining, RefundInProgress
 from payments.gateway import payment_intent_cancel

@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from orders.errors import OrderNotRefundable
 from orders.models import Order, OrderOperation
+from orders.outbound.events import outbound_event_record
 from orders.saga.persistence import order_change, order_refund_total
 from orders.selectors import order_find, order_payment_status
-from orders.outbound.events import outbound_event_record
 from orders.services import outbox_add
 from payments.errors import PaymentTransientError, RefundInProgress
 from payments.interface import IntentResult
