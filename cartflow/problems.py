@@ -203,6 +203,24 @@ _TYPES = [
         retry_after=True,
     ),
     ProblemType(
+        "quantity_limit_exceeded",
+        409,
+        "Quantity limit exceeded",
+        "More units of this product than one buyer may hold or buy at once, counting the buyer's other "
+        "unfinished checkouts; `limit` says how many. Lower the quantity, or finish or cancel another checkout.",
+        ("productId", "limit"),
+    ),
+    ProblemType(
+        "too_many_active_checkouts",
+        429,
+        "Too many active checkouts",
+        "This client (the signed-in user, else the address) already has as many unfinished checkouts as it "
+        "may hold; `limit` says how many. Finish or cancel one, or retry after `Retry-After` seconds, when "
+        "the oldest hold expires.",
+        ("limit",),
+        retry_after=True,
+    ),
+    ProblemType(
         "payment_provider_busy",
         503,
         "Payment provider busy",

@@ -1,7 +1,8 @@
 """Domain errors of checkout and orders (codes from cartflow/problems.py, one class per code).
 
 The checkout also passes on inventory's errors (inventory/errors.py: ``ProductNotFound``,
-``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``) and the gateway's.
+``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``, ``QuantityLimitExceeded``)
+and the gateway's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ class CheckoutInProgress(DomainError):
     """Another process drives this saga right now (its lease is live, or a version check was lost)."""
 
     code = "checkout_in_progress"
+
+
+class TooManyActiveCheckouts(DomainError):
+    """The client already holds as many unfinished checkouts as it may (orders/saga/hold_caps.py)."""
+
+    code = "too_many_active_checkouts"
 
 
 class PaymentDeclined(DomainError):
