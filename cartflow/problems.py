@@ -144,8 +144,8 @@ _TYPES = [
         "flash_ticket_not_found",
         404,
         "Flash ticket not found",
-        "This queue ticket has no place: it was used, or lost its place (not used within its admission "
-        "window, or not polled in time). Join the queue again.",
+        "This queue ticket has no place for this cart: it was used, joined by another cart, or lost its "
+        "place (not used within its admission window, or not polled in time). Join the queue again.",
         ("productId",),
     ),
     ProblemType(

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from inventory import flashsale_metrics as metrics
-from inventory.errors import FlashSaleBusy, ProductNotFound, QuantityLimitExceeded, SoldOut
+from inventory.errors import FlashSaleBusy, FlashTicketNotFound, ProductNotFound, QuantityLimitExceeded, SoldOut
 from inventory.flashsale_keys import (
     FREE,
     HELD,
@@ -63,8 +63,8 @@ class PoolState:
 # ('' for none), most units of one product per buyer (0 = no limit), then pairs product_id, quantity.
 # Products without a pool are skipped and listed in the reply. Returns {'ok', missing...} | {'held'} (this
 # holder already holds tokens: idempotent) | {'active', holder} (another checkout of this cart holds tokens:
-# nothing taken) | {'limit', pid} | {'sold_out', pid} | {'busy', pid}. 'ok' with nothing taken (no flash
-# product in the lines) records no holder.
+# nothing taken) | {'foreign_ticket'} (the ticket was joined by another cart) | {'limit', pid} | {'sold_out',
+# pid} | {'busy', pid}. 'ok' with nothing taken (no flash product in the lines) records no holder.
 _TAKE = """
 local holder = ARGV[1]
 if redis.call('HEXISTS', KEYS[3], holder) == 1 then return {'held'} end
@@ -72,6 +72,10 @@ local ticket, cart, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
 if cart ~= '' then
   local other = redis.call('GET', 'fs:{fs}:cart:' .. cart)
   if other and redis.call('HEXISTS', KEYS[3], other) == 1 then return {'active', other} end
+end
+if ticket ~= '' then
+  local owner = redis.call('HGET', 'fs:{fs}:ticket:' .. ticket, 'cart')
+  if owner and owner ~= cart then return {'foreign_ticket'} end
 end
 local n = (#ARGV - 5) / 2
 local take, missing = {}, {}
@@ -248,7 +252,7 @@ def flash_tokens_take(
     True when tokens were taken (or the holder already held them), False when no line is a flash-sale
     product. Raises :class:`SoldOut`, :class:`FlashSaleBusy`, or :class:`QuantityLimitExceeded` for a line
     over ``max_units`` (0 = no limit). ``ticket``: a fair-queue ticket (inventory/flashsale_queue.py) goes
-    ahead of buyers without one.
+    ahead of buyers without one; one joined by another cart raises :class:`FlashTicketNotFound`.
     ``cart_key``: while another checkout of the same cart holds tokens, nothing is taken and False is
     returned (the caller finds that active checkout), so a second start never competes with the first.
 
@@ -290,6 +294,8 @@ def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str, most: 
         return True, []
     if outcome == "active":
         return False, []
+    if outcome == "foreign_ticket":
+        raise FlashTicketNotFound("This queue ticket was not joined by this cart.")
     if outcome == "limit":
         raise QuantityLimitExceeded(f"At most {most} units per buyer.", productId=int(reply[1]), limit=most)
     if outcome == "sold_out":
