@@ -102,6 +102,20 @@ def test_the_cap_counts_the_peer_address_not_x_forwarded_for(caps):
     assert forged.status_code == 429 and forged.json()["code"] == "too_many_active_checkouts"
 
 
+def test_behind_a_trusted_proxy_each_real_client_has_its_own_cap(caps, settings):
+    settings.CARTFLOW_TRUSTED_PROXIES = 1
+    caps(checkouts=1)
+    product = make_product()
+    proxy = an_address()  # every request arrives from the load balancer
+
+    def via_proxy(client_ip: str):  # noqa: ANN202
+        return start(guest(proxy, (product, 1), HTTP_X_FORWARDED_FOR=f"6.6.6.6, {client_ip}"))
+
+    assert via_proxy("203.0.113.1").status_code == 201
+    assert via_proxy("203.0.113.2").status_code == 201  # another shopper behind the same balancer
+    assert via_proxy("203.0.113.1").status_code == 429  # the first one again, with a new cart token
+
+
 def test_a_signed_in_buyer_is_counted_as_the_user_not_the_address(caps):
     caps(checkouts=1)
     product = make_product()
