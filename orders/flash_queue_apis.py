@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cart.identity import cart_ref_from_request
+from cart.identity import cart_ref_from_request, token_sent
 from cart.services import cart_snapshot
 from cartflow.schema import problem_responses
 from cartflow.throttling import ScopedAddressThrottle
@@ -68,10 +68,13 @@ class FlashQueueJoinApi(APIView):
         product_id = flash_sale_product_id(sku=sku)
         ref = cart_ref_from_request(request)
         if ref is None or not cart_snapshot(key=ref.key).lines:
-            raise CartEmpty(
-                "Joining the queue needs a cart with something in it"
-                + (": this cart is empty." if ref else ": no cart token was sent (X-Cart-Token or the cookie).")
+            sent = token_sent(request)
+            why = (
+                "the cart is empty"
+                if ref is not None or sent
+                else "no cart token was sent (X-Cart-Token or the cookie)"
             )
+            raise CartEmpty(f"Joining the queue needs a cart with something in it: {why}.", cartTokenSent=sent)
         ticket = flash_queue_join(product_id=product_id, cart_key=ref.key)
         return _render(request, sku, ticket, status=201)
 

@@ -237,7 +237,8 @@ def test_joining_the_queue_needs_a_cart(stripe_emulator):
     product, _, _, _ = sold_out_for_now(0)
     no_cart = APIClient().post(f"/api/flash-sales/{product.sku}/queue")
     assert no_cart.status_code == 409 and no_cart.json()["code"] == "cart_empty", no_cart.content
-    assert "no cart token was sent" in no_cart.json()["detail"]
+    assert "no cart token was sent" in no_cart.json()["detail"] and no_cart.json()["cartTokenSent"] is False
     empty = APIClient(HTTP_X_CART_TOKEN="e" * 43).post(f"/api/flash-sales/{product.sku}/queue")
     assert empty.status_code == 409 and empty.json()["code"] == "cart_empty", empty.content
+    assert empty.json()["cartTokenSent"] is True
     assert flash_queue_length(product_id=product.id) == 0
