@@ -57,16 +57,18 @@ def _run(n: int) -> None:
     for i in range(units):  # every unit held by a checkout in progress: buyers are told busy
         flash_tokens_take(holder=f"holder-{i}", lines=[(product.id, 1)])
 
-    client = Client()
     joins, polls, tickets = [], [], []
     for _ in range(n):
+        client = Client()  # a buyer of its own: joining needs a cart, and a ticket answers only that cart
+        r = client.post("/api/cart/items", {"productId": product.id, "quantity": 1}, content_type="application/json")
+        assert r.status_code == 201, r.content
         t0 = time.perf_counter()
         r = client.post(f"/api/flash-sales/{product.sku}/queue")
         joins.append((time.perf_counter() - t0) * 1000)
         assert r.status_code == 201, r.content
-        tickets.append(r.json())
+        tickets.append((client, r.json()))
     with CaptureQueriesContext(connection) as queries:
-        for t in tickets:
+        for client, t in tickets:
             t0 = time.perf_counter()
             r = client.get(t["pollUrl"])
             polls.append((time.perf_counter() - t0) * 1000)
@@ -74,8 +76,9 @@ def _run(n: int) -> None:
     admissions = []
     for i in range(units):
         flash_tokens_return(holder=f"holder-{i}")
+        client, ticket = tickets[i]
         t0 = time.perf_counter()
-        body = client.get(tickets[i]["pollUrl"]).json()
+        body = client.get(ticket["pollUrl"]).json()
         admissions.append((time.perf_counter() - t0) * 1000)
         assert body["admitted"] and body["position"] == i + 1, body  # earlier ones admitted, not started
     print(f"fair queue, in-process (Django test client), {n} tickets waiting for {units} units, {os.cpu_count()} CPUs")

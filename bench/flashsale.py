@@ -47,6 +47,10 @@ def _env(args: argparse.Namespace, stripe_url: str) -> dict[str, str]:
         CARTFLOW_CART_WRITE_RATE="100000000/min",
         CARTFLOW_CART_CREATE_RATE="100000000/min",
         CARTFLOW_CHECKOUT_RATE="100000000/min",
+        # Every simulated buyer comes from 127.0.0.1, one client to the per-client hold caps: off.
+        CARTFLOW_MAX_ACTIVE_CHECKOUTS_PER_CLIENT="0",
+        CARTFLOW_MAX_UNITS_PER_PRODUCT="0",
+        CARTFLOW_FLASH_MAX_UNITS_PER_BUYER="0",
         LOG_LEVEL="WARNING",
     )
     return env

@@ -281,6 +281,10 @@ def new_stack(*, db_url: str, log_level: str = "WARNING", extra_env: dict[str, s
             "CARTFLOW_CART_WRITE_RATE": "100000000/min",
             "CARTFLOW_CART_CREATE_RATE": "100000000/min",
             "CARTFLOW_CHECKOUT_RATE": "100000000/min",
+            # Every simulated buyer comes from 127.0.0.1, one client to the per-client hold caps: off.
+            "CARTFLOW_MAX_ACTIVE_CHECKOUTS_PER_CLIENT": "0",
+            "CARTFLOW_MAX_UNITS_PER_PRODUCT": "0",
+            "CARTFLOW_FLASH_MAX_UNITS_PER_BUYER": "0",
             "CARTFLOW_CART_TTL_SECONDS": "3600",
             "CARTFLOW_LOG_FORMAT": "json",
             "LOG_LEVEL": log_level,

@@ -62,3 +62,13 @@ def address_key(address: str) -> str:
             return str(parsed.ipv4_mapped)
         return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
     return str(parsed)
+
+
+def hold_cap_key(request: Any) -> str:
+    """The client the hold caps count against (orders/saga/hold_caps.py): ``user:<id>`` when signed in, else
+    ``addr:<address key>`` of :func:`client_address`. Never the cart token: a new one costs nothing, so it
+    is no identity for a cap."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"addr:{address_key(client_address(request))}"

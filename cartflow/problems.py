@@ -144,8 +144,8 @@ _TYPES = [
         "flash_ticket_not_found",
         404,
         "Flash ticket not found",
-        "This queue ticket has no place: it was used, or lost its place (not used within its admission "
-        "window, or not polled in time). Join the queue again.",
+        "This queue ticket has no place for this cart: it was used, joined by another cart, or lost its "
+        "place (not used within its admission window, or not polled in time). Join the queue again.",
         ("productId",),
     ),
     ProblemType(
@@ -200,6 +200,24 @@ _TYPES = [
         "Checkout in progress",
         "Another request is driving this checkout right now; retry after `Retry-After` seconds.",
         ("checkoutId",),
+        retry_after=True,
+    ),
+    ProblemType(
+        "quantity_limit_exceeded",
+        409,
+        "Quantity limit exceeded",
+        "More units of this product than one buyer may hold or buy at once, counting the buyer's other "
+        "unfinished checkouts; `limit` says how many. Lower the quantity, or finish or cancel another checkout.",
+        ("productId", "limit"),
+    ),
+    ProblemType(
+        "too_many_active_checkouts",
+        429,
+        "Too many active checkouts",
+        "This client (the signed-in user, else the address) already has as many unfinished checkouts as it "
+        "may hold; `limit` says how many. Finish or cancel one, or retry after `Retry-After` seconds, when "
+        "the oldest hold expires.",
+        ("limit",),
         retry_after=True,
     ),
     ProblemType(

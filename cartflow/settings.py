@@ -319,6 +319,17 @@ CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE
 CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
 CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
 
+# --- Hold caps (orders/saga/hold_caps.py): what one client (signed-in user, else address) may hold; 0 = off ---
+# CARTFLOW_MAX_ACTIVE_CHECKOUTS_PER_CLIENT: unfinished checkouts at once. 5 leaves room for the few real
+# buyers behind one shared address (an office, a carrier's NAT); a signed-in user has one cart, so one.
+CARTFLOW_MAX_ACTIVE_CHECKOUTS_PER_CLIENT = env_int("CARTFLOW_MAX_ACTIVE_CHECKOUTS_PER_CLIENT", 5)
+# CARTFLOW_MAX_UNITS_PER_PRODUCT: units of one product across a client's unfinished checkouts. The default
+# is the per-line limit (CARTFLOW_MAX_LINE_QUANTITY), so every cart the cart API accepts can check out; it
+# stops one client piling up holds of a product over several carts.
+CARTFLOW_MAX_UNITS_PER_PRODUCT = env_int("CARTFLOW_MAX_UNITS_PER_PRODUCT", CARTFLOW_MAX_LINE_QUANTITY)
+# CARTFLOW_FLASH_MAX_UNITS_PER_BUYER: the same for a product in a flash sale (the lower of the two applies).
+CARTFLOW_FLASH_MAX_UNITS_PER_BUYER = env_int("CARTFLOW_FLASH_MAX_UNITS_PER_BUYER", 2)
+
 # --- Checkout saga and Idempotency-Key (orders/saga/, cartflow/idempotency.py) ---
 # CARTFLOW_SAGA_LEASE_SECONDS: how long a process may drive a saga before a crashed one's lease lapses.
 CARTFLOW_SAGA_LEASE_SECONDS = env_float("CARTFLOW_SAGA_LEASE_SECONDS", 30)

@@ -24,6 +24,13 @@ class InsufficientStock(DomainError):
     code = "insufficient_stock"
 
 
+class QuantityLimitExceeded(DomainError):
+    """More units of one product than one buyer may hold or buy; carries ``productId`` and ``limit``. Raised
+    by the flash-sale take (one cart's lines) and by the checkout start (the buyer's checkouts together)."""
+
+    code = "quantity_limit_exceeded"
+
+
 class InventoryContention(DomainError):
     """Lost the race too often within the retry budget; the API answers 503 with ``Retry-After``."""
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from inventory import flashsale_metrics as metrics
-from inventory.errors import FlashSaleBusy, ProductNotFound, SoldOut
+from inventory.errors import FlashSaleBusy, FlashTicketNotFound, ProductNotFound, QuantityLimitExceeded, SoldOut
 from inventory.flashsale_keys import (
     FREE,
     HELD,
@@ -60,24 +60,30 @@ class PoolState:
 
 
 # KEYS: free, inflight, held, stats. ARGV: holder, now (epoch seconds), ticket ('' for none), cart key
-# ('' for none), then pairs product_id, quantity. Products without a pool are skipped and listed in the
-# reply. Returns {'ok', missing...} | {'held'} (this holder already holds tokens: idempotent)
-# | {'active', holder} (another checkout of this cart holds tokens: nothing taken) | {'sold_out', pid}
-# | {'busy', pid}. 'ok' with nothing taken (no flash product in the lines) records no holder.
+# ('' for none), most units of one product per buyer (0 = no limit), then pairs product_id, quantity.
+# Products without a pool are skipped and listed in the reply. Returns {'ok', missing...} | {'held'} (this
+# holder already holds tokens: idempotent) | {'active', holder} (another checkout of this cart holds tokens:
+# nothing taken) | {'foreign_ticket'} (the ticket was joined by another cart) | {'limit', pid} | {'sold_out',
+# pid} | {'busy', pid}. 'ok' with nothing taken (no flash product in the lines) records no holder.
 _TAKE = """
 local holder = ARGV[1]
 if redis.call('HEXISTS', KEYS[3], holder) == 1 then return {'held'} end
-local ticket, cart = ARGV[3], ARGV[4]
+local ticket, cart, most = ARGV[3], ARGV[4], tonumber(ARGV[5])
 if cart ~= '' then
   local other = redis.call('GET', 'fs:{fs}:cart:' .. cart)
   if other and redis.call('HEXISTS', KEYS[3], other) == 1 then return {'active', other} end
 end
-local n = (#ARGV - 4) / 2
+if ticket ~= '' then
+  local owner = redis.call('HGET', 'fs:{fs}:ticket:' .. ticket, 'cart')
+  if owner and owner ~= cart then return {'foreign_ticket'} end
+end
+local n = (#ARGV - 5) / 2
 local take, missing = {}, {}
 for i = 0, n - 1 do
-  local pid = ARGV[5 + 2 * i]
-  local q = tonumber(ARGV[6 + 2 * i])
+  local pid = ARGV[6 + 2 * i]
+  local q = tonumber(ARGV[7 + 2 * i])
   local free = redis.call('HGET', KEYS[1], pid)
+  if free and most > 0 and q > most then return {'limit', pid} end
   if free then
     free = tonumber(free)
     local qkey = 'fs:{fs}:queue:' .. pid
@@ -233,16 +239,22 @@ def flash_pool_products() -> list[int]:
 
 
 def flash_tokens_take(
-    *, holder: str, lines: Iterable[tuple[int, int]], ticket: str | None = None, cart_key: str | None = None
+    *,
+    holder: str,
+    lines: Iterable[tuple[int, int]],
+    ticket: str | None = None,
+    cart_key: str | None = None,
+    max_units: int = 0,
 ) -> bool:
     """Take one token per unit for every flash-sale line, all or nothing, in one Redis round trip.
 
     Call it before any database work, with the checkout id the saga will use as ``holder``. Returns
     True when tokens were taken (or the holder already held them), False when no line is a flash-sale
-    product. Raises :class:`SoldOut` or :class:`FlashSaleBusy`. ``ticket`` is a fair-queue ticket
-    (inventory/flashsale_queue.py): an admitted ticket goes ahead of buyers without one. ``cart_key``:
-    while another checkout of the same cart holds tokens, nothing is taken and False is returned (the
-    caller finds that active checkout), so a second start never competes with the cart's own first one.
+    product. Raises :class:`SoldOut`, :class:`FlashSaleBusy`, or :class:`QuantityLimitExceeded` for a line
+    over ``max_units`` (0 = no limit). ``ticket``: a fair-queue ticket (inventory/flashsale_queue.py) goes
+    ahead of buyers without one; one joined by another cart raises :class:`FlashTicketNotFound`.
+    ``cart_key``: while another checkout of the same cart holds tokens, nothing is taken and False is
+    returned (the caller finds that active checkout), so a second start never competes with the first.
 
     A sold-out or busy answer never touches the database. Only when a line names a product with no
     pool (none is a flash sale, or Redis lost the pool) is the catalog asked — through its Redis cache —
@@ -255,11 +267,12 @@ def flash_tokens_take(
         return False
     started = time.perf_counter()
     try:
-        taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
+        args = {"holder": holder, "summed": summed, "ticket": ticket or "", "cart": cart_key or "", "most": max_units}
+        taken, missing = _take(**args)
         if missing and flash_pools_reopen_lost(product_ids=missing):
             if taken:  # give back and take again: all lines in one script, all or nothing
                 flash_tokens_return(holder=holder)
-            taken, missing = _take(holder=holder, summed=summed, ticket=ticket or "", cart=cart_key or "")
+            taken, missing = _take(**args)
     except SoldOut:
         metrics.rejected("sold_out", time.perf_counter() - started)
         raise
@@ -271,8 +284,8 @@ def flash_tokens_take(
     return taken
 
 
-def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tuple[bool, list[int]]:
-    argv: list[str | int | float] = [holder, round(time.time(), 3), ticket, cart]
+def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str, most: int) -> tuple[bool, list[int]]:
+    argv: list[str | int | float] = [holder, round(time.time(), 3), ticket, cart, max(0, most)]
     for pid, q in sorted(summed.items()):
         argv += [pid, q]
     reply = [text(v) for v in lua_script("take", _TAKE)(keys=[FREE, INFLIGHT, HELD, STATS], args=argv)]
@@ -281,6 +294,10 @@ def _take(*, holder: str, summed: dict[int, int], ticket: str, cart: str) -> tup
         return True, []
     if outcome == "active":
         return False, []
+    if outcome == "foreign_ticket":
+        raise FlashTicketNotFound("This queue ticket was not joined by this cart.")
+    if outcome == "limit":
+        raise QuantityLimitExceeded(f"At most {most} units per buyer.", productId=int(reply[1]), limit=most)
     if outcome == "sold_out":
         raise SoldOut("This product is sold out.", productId=int(reply[1]))
     if outcome == "busy":

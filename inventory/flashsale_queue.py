@@ -16,8 +16,10 @@ adds what the queue needs around that:
   :func:`flash_queue_refresh_all` does the same for every pool (the flash sweeper's beat calls it), so
   lapsed tickets cannot keep buyers without one waiting when nobody polls.
 
-A ticket is consumed by the take script when its checkout starts (``Flash-Ticket`` header on
-``POST /api/checkout/start``). Times are Redis server time (one clock for every app server).
+A ticket belongs to the cart that joined (its key is in the ticket's hash): another cart polling it is told
+it does not exist, and the take script refuses it to another cart's checkout. It is consumed by the take
+script when its checkout starts (``Flash-Ticket`` header on ``POST /api/checkout/start``). Times are Redis
+server time (one clock for every app server).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ local function clock()
 end
 """
 
-# KEYS: free, inflight, queue, stats, seq. ARGV: pid, ticket, admit, poll, ttl.
+# KEYS: free, inflight, queue, stats, seq. ARGV: pid, ticket, admit, poll, ttl, cart key (the ticket's owner).
 # Returns {'closed'} | {'sold_out'} | {'ok', rank, admitted_at, now}.
 _JOIN = (
     _REFRESH
@@ -81,7 +83,8 @@ if tonumber(free) + tonumber(redis.call('HGET', KEYS[2], pid) or '0') <= 0 then 
 local now = clock()
 local tkey = 'fs:{fs}:ticket:' .. ticket
 redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[5]), ticket)
-redis.call('HSET', tkey, 'product', pid, 'joined', tostring(now), 'seen', tostring(now), 'admitted', '0')
+redis.call('HSET', tkey, 'product', pid, 'joined', tostring(now), 'seen', tostring(now), 'admitted', '0',
+  'cart', ARGV[6])
 redis.call('EXPIRE', tkey, tonumber(ARGV[5]))
 redis.call('HINCRBY', KEYS[4], 'queue_joined', 1)
 refresh(KEYS[1], KEYS[3], KEYS[4], pid, now, admit, poll)
@@ -89,8 +92,8 @@ return {'ok', redis.call('ZRANK', KEYS[3], ticket), redis.call('HGET', tkey, 'ad
 """
 )
 
-# KEYS: free, queue, stats. ARGV: pid, ticket ('' = refresh only), admit, poll.
-# Returns {'closed'} | {'gone'} | {'ok'} | {'ok', rank, admitted_at, seen}.
+# KEYS: free, queue, stats. ARGV: pid, ticket ('' = refresh only), admit, poll, cart key (the asker).
+# Returns {'closed'} | {'gone'} (also: another cart's ticket) | {'ok'} | {'ok', rank, admitted_at, seen}.
 _STATUS = (
     _REFRESH
     + """
@@ -98,6 +101,7 @@ local pid, ticket = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', KEYS[1], pid) == 0 then return {'closed'} end
 local now = clock()
 local tkey = 'fs:{fs}:ticket:' .. ticket
+if ticket ~= '' and redis.call('HGET', tkey, 'cart') ~= ARGV[5] then return {'gone'} end
 if ticket ~= '' and redis.call('ZSCORE', KEYS[2], ticket) then
   redis.call('HSET', tkey, 'seen', tostring(now))
 end
@@ -170,16 +174,17 @@ def _sku_to_id(sku: str) -> int | None:
     return product_id
 
 
-def flash_queue_join(*, product_id: int) -> QueueTicket:
-    """Hold a place in the product's fair queue. Raises :class:`FlashSaleNotActive` when the product has
-    no pool, :class:`SoldOut` when no token is free or in flight (nothing can ever return)."""
+def flash_queue_join(*, product_id: int, cart_key: str) -> QueueTicket:
+    """Hold a place in the product's fair queue for the cart ``cart_key``: only that cart may poll the ticket
+    or start a checkout with it. Raises :class:`FlashSaleNotActive` when the product has no pool,
+    :class:`SoldOut` when no token is free or in flight (nothing can ever return)."""
     ticket = secrets.token_urlsafe(18)
     admit, poll = _windows()
     reply = [
         text(v)
         for v in lua_script("queue_join", _JOIN)(
             keys=[FREE, INFLIGHT, f"{QUEUE}{product_id}", STATS, QUEUE_SEQ],
-            args=[product_id, ticket, admit, poll, TICKET_TTL_SECONDS],
+            args=[product_id, ticket, admit, poll, TICKET_TTL_SECONDS, cart_key],
         )
     ]
     if reply[0] == "closed":
@@ -189,29 +194,30 @@ def flash_queue_join(*, product_id: int) -> QueueTicket:
     return _ticket(ticket=ticket, product_id=product_id, reply=reply)
 
 
-def flash_queue_status(*, product_id: int, ticket: str) -> QueueTicket:
+def flash_queue_status(*, product_id: int, ticket: str, cart_key: str) -> QueueTicket:
     """Where a ticket stands now (polling it also keeps it from being dropped as abandoned).
 
-    Raises :class:`FlashTicketNotFound` when the ticket is unknown, was used to start a checkout, or
-    lost its place; :class:`FlashSaleNotActive` when the product has no pool."""
-    reply = _status(product_id=product_id, ticket=ticket)
+    Raises :class:`FlashTicketNotFound` when the ticket is unknown, was joined by another cart than
+    ``cart_key``, was used to start a checkout, or lost its place; :class:`FlashSaleNotActive` when the
+    product has no pool."""
+    reply = _status(product_id=product_id, ticket=ticket, cart_key=cart_key)
     if reply[0] == "closed":
         raise FlashSaleNotActive(f"Product {product_id} is not in a flash sale.", productId=product_id)
     if reply[0] == "gone":
         raise FlashTicketNotFound(
-            "This ticket has no place in the queue: it was used, or it lost its place (not used within its "
-            "admission window, or not polled). Join again.",
+            "This ticket has no place in the queue for this cart: it was used, joined by another cart, or it "
+            "lost its place (not used within its admission window, or not polled). Join again.",
             productId=product_id,
         )
     return _ticket(ticket=ticket, product_id=product_id, reply=reply)
 
 
-def _status(*, product_id: int, ticket: str) -> list[str]:
+def _status(*, product_id: int, ticket: str, cart_key: str = "") -> list[str]:
     admit, poll = _windows()
     return [
         text(v)
         for v in lua_script("queue_status", _STATUS)(
-            keys=[FREE, f"{QUEUE}{product_id}", STATS], args=[product_id, ticket, admit, poll]
+            keys=[FREE, f"{QUEUE}{product_id}", STATS], args=[product_id, ticket, admit, poll, cart_key]
         )
     ]
 

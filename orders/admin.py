@@ -340,8 +340,8 @@ class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "updated_at",
     )
     list_filter = (StuckFilter, "state", "step_status", "requires_human")
-    search_fields = ("=public_id", "=order__public_id", "=payment_intent_id", "email")
-    search_help_text = "Checkout id, order id, PaymentIntent id (pi_…) or e-mail."
+    search_fields = ("=public_id", "=order__public_id", "=payment_intent_id", "=client_key", "email")
+    search_help_text = "Checkout id, order id, PaymentIntent id (pi_…), client (user:<id> or addr:<address>) or e-mail."
     readonly_fields = [f.name for f in CheckoutSaga._meta.fields] + ["reservations", "webhook_events"]
     inlines = [SagaStepInline]
     actions = ["resume", "compensate"]

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from cart.identity import cart_ref_from_request, token_sent
 from cart.throttles import CartClientThrottle
+from cartflow.clients import hold_cap_key
 from cartflow.idempotency import idempotent
 from cartflow.schema import problem_responses
 from cartflow.serializers import LineOutputSerializer
@@ -210,6 +211,9 @@ class CheckoutStartApi(CheckoutApiBase):
                 "insufficient_stock",
                 "sold_out",
                 "flash_sale_busy",
+                "flash_ticket_not_found",
+                "quantity_limit_exceeded",
+                "too_many_active_checkouts",
                 "product_not_found",
                 "inventory_contention",
                 "checkout_in_progress",
@@ -232,6 +236,7 @@ class CheckoutStartApi(CheckoutApiBase):
                 user_id=caller.user_id,
                 email=data.validated_data.get("email") or getattr(request.user, "email", "") or None,
                 flash_ticket=data.validated_data.get("flash_ticket") or request.headers.get("Flash-Ticket") or None,
+                client_key=hold_cap_key(request),
             )
         except CartEmpty:
             raise _cart_empty(request, caller) from None

@@ -1,9 +1,9 @@
 """Domain errors of checkout and orders (codes from cartflow/problems.py, one class per code).
 
 The checkout also passes on inventory's errors (inventory/errors.py: ``ProductNotFound``,
-``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``) and the gateway's; refunds
-and cancellation pass on payments' refund errors (payments/errors.py: ``RefundExceedsRemaining``,
-``RefundInProgress``, ``RefundFailed``).
+``InsufficientStock``, ``SoldOut``, ``FlashSaleBusy``, ``InventoryContention``, ``QuantityLimitExceeded``)
+and the gateway's; refunds and cancellation pass on payments' refund errors (payments/errors.py:
+``RefundExceedsRemaining``, ``RefundInProgress``, ``RefundFailed``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ class CheckoutInProgress(DomainError):
     """Another process drives this saga right now (its lease is live, or a version check was lost)."""
 
     code = "checkout_in_progress"
+
+
+class TooManyActiveCheckouts(DomainError):
+    """The client already holds as many unfinished checkouts as it may (orders/saga/hold_caps.py)."""
+
+    code = "too_many_active_checkouts"
 
 
 class PaymentDeclined(DomainError):

@@ -98,6 +98,9 @@ class OrderLine(models.Model):
 
 TERMINAL_STATES = ("fulfilled", "failed", "expired", "cancelled")
 ACTIVE_STATES = ("reserved", "awaiting_payment", "requires_action", "paid", "confirmed")
+# Unfinished: holding stock while the buyer has not paid. What the hold caps count (orders/saga/hold_caps.py).
+HOLDING_STATES = ("reserved", "awaiting_payment", "requires_action")
+HOLD_SLOT_INDEX = "checkout_hold_slot_per_client"
 
 
 class CheckoutSaga(models.Model):
@@ -123,6 +126,7 @@ class CheckoutSaga(models.Model):
 
     TERMINAL = TERMINAL_STATES
     ACTIVE = ACTIVE_STATES
+    HOLDING = HOLDING_STATES
 
     public_id = models.CharField(max_length=40, unique=True, default=new_checkout_id, editable=False)
     order = models.OneToOneField(Order, null=True, blank=True, on_delete=models.PROTECT, related_name="saga")
@@ -133,6 +137,15 @@ class CheckoutSaga(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     email = models.EmailField(blank=True, default="")
+    client_key = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="Who the hold caps count this checkout against: user:<id>, or addr:<address> for a guest.",
+    )
+    hold_slot = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="This checkout's place among its client's unfinished checkouts (hold caps)."
+    )
     lines = models.JSONField(default=list, help_text="The cart's lines priced from the catalog at start.")
     currency = models.CharField(max_length=3, blank=True, default="")
     state = models.CharField(max_length=20, choices=State.choices, default=State.RESERVED)
@@ -169,6 +182,12 @@ class CheckoutSaga(models.Model):
             # At most one active checkout per cart: a concurrent second start loses on this index.
             models.UniqueConstraint(
                 fields=["cart_key"], condition=Q(state__in=ACTIVE_STATES), name="checkout_one_active_per_cart"
+            ),
+            # A client's unfinished checkouts each hold a different slot: two starts that picked the same
+            # one race here, and the loser counts the client's holds again (orders/saga/hold_caps.py). Also
+            # the index the hold caps count by.
+            models.UniqueConstraint(
+                fields=["client_key", "hold_slot"], condition=Q(state__in=HOLDING_STATES), name=HOLD_SLOT_INDEX
             ),
         ]
         indexes = [

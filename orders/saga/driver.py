@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,10 +42,11 @@ from orders.errors import (
 from orders.metrics import checkout_counted
 from orders.models import CheckoutSaga, Outbox, new_checkout_id
 from orders.outbound.events import order_event
-from orders.saga import lease, payment_steps, steps
+from orders.saga import hold_caps, lease, payment_steps, steps
+from orders.saga.hold_caps import HoldsRefused
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
 from orders.saga.lease import driving
-from orders.saga.persistence import ABOUT_TO, DONE, INDETERMINATE, insert_saga, lease_length, save
+from orders.saga.persistence import ABOUT_TO, DONE, INDETERMINATE, Inserted, insert_saga, lease_length, save
 from orders.saga.steps import CompensationRequired, pending
 
 log = structlog.get_logger("cartflow.checkout")
@@ -61,60 +63,70 @@ def checkout_start(
     user_id: int | None = None,
     email: str | None = None,
     flash_ticket: str | None = None,
+    client_key: str | None = None,
 ) -> tuple[CheckoutSaga, bool]:
     """Start the cart's checkout, or return its active one. Returns ``(saga, created)``.
 
     The partial unique index on ``cart_key`` (active states) makes a concurrent second start lose the
     insert; it then waits briefly for the winner to reach ``awaiting_payment`` and returns it.
 
+    ``client_key``: who the hold caps count the checkout against (orders/saga/hold_caps.py; None: no caps); a
+    start over a cap raises QuantityLimitExceeded or TooManyActiveCheckouts, unless the cart's active
+    checkout answers.
+
     Flash sale: the checkout id is chosen first and one token per unit of flash-sale lines is taken in
-    Redis before any database work (``sold_out`` / ``flash_sale_busy`` answer without a query). A start
-    that does not create the saga gives its tokens back.
+    Redis before any database work (``sold_out`` / ``flash_sale_busy`` / a line over the per-buyer limit
+    answer without a query). A start that does not create the saga gives its tokens back.
     """
     snapshot = cart_snapshot(key=cart_key)
     checkout_id = new_checkout_id()
     if snapshot.lines:
+        lines = [(line.product_id, line.quantity) for line in snapshot.lines]
+        if client_key:
+            hold_caps.check_cart_lines(lines)
         flash_tokens_take(
             holder=checkout_id,
-            lines=[(line.product_id, line.quantity) for line in snapshot.lines],
+            lines=lines,
             ticket=flash_ticket,
             cart_key=cart_key,
+            max_units=hold_caps.unit_limit(flash_sale=True) if client_key else 0,
         )
+    buyer = _Buyer(token_hash=token_hash, user_id=user_id, email=email, client_key=client_key)
     try:
-        return _start(snapshot=snapshot, checkout_id=checkout_id, token_hash=token_hash, user_id=user_id, email=email)
+        return _start(snapshot=snapshot, checkout_id=checkout_id, buyer=buyer)
     except BaseException:
         _flash_give_back_unless_saved(checkout_id)
         raise
 
 
-def _start(
-    *, snapshot: CartSnapshot, checkout_id: str, token_hash: str | None, user_id: int | None, email: str | None
-) -> tuple[CheckoutSaga, bool]:
+@dataclass(frozen=True)
+class _Buyer:
+    token_hash: str | None
+    user_id: int | None
+    email: str | None
+    client_key: str | None
+
+
+def _start(*, snapshot: CartSnapshot, checkout_id: str, buyer: _Buyer) -> tuple[CheckoutSaga, bool]:
     cart_key = snapshot.key
     deadline = time.monotonic() + getattr(settings, "CARTFLOW_CHECKOUT_START_WAIT_SECONDS", 5.0)
     owner = lease.new_owner()
-    priced: tuple[list[dict[str, Any]], str] | None = None
+    priced: _Priced | None = None
     while True:
         # Insert first (the common case), look for the active checkout only when the index says there is one.
-        active = None
+        active, refused = None, None
         if snapshot.lines:
             try:
-                priced = priced or _priced_lines(snapshot.lines)
+                priced = priced or _priced_lines(snapshot.lines, client_key=buyer.client_key)
             except ProductNotFound:
                 active = _active_for_cart(cart_key)
                 if active is None:
                     raise
         if active is None and priced is not None:
-            saga = _new_saga(
-                checkout_id=checkout_id,
-                snapshot=snapshot,
-                priced=priced,
-                token_hash=token_hash,
-                user_id=user_id,
-                email=email,
-                owner=owner,
-            )
-            if insert_saga(saga, log=[("start", DONE, {"cartVersion": snapshot.version}), ("reserve", ABOUT_TO, None)]):
+            saga = _new_saga(checkout_id=checkout_id, snapshot=snapshot, priced=priced, buyer=buyer, owner=owner)
+            log_rows = [("start", DONE, {"cartVersion": snapshot.version}), ("reserve", ABOUT_TO, None)]
+            inserted = insert_saga(saga, log=log_rows, guard=priced.guard)
+            if inserted is Inserted.SAGA:
                 checkout_counted("started")
                 try:
                     _run_start(saga, release_lease=True, new_saga=True)
@@ -123,9 +135,14 @@ def _start(
                     raise
                 lease.release(saga)  # no-op unless a step was skipped
                 return saga, True
+            if inserted is Inserted.SLOT_TAKEN:
+                continue  # a parallel start of this client won the slot: count its holds again
+            refused = inserted if isinstance(inserted, HoldsRefused) else None
         if active is None:
-            active = _active_for_cart(cart_key)
+            active = _active_for_cart(cart_key)  # the cart's active checkout answers, over a cap or not
             if active is None:
+                if refused is not None:
+                    raise hold_caps.refusal(refused)
                 if not snapshot.lines:
                     raise CartEmpty("There is nothing in the cart to check out.")
                 continue  # the checkout that held the index ended meanwhile: insert again
@@ -155,15 +172,24 @@ def _run_start(saga: CheckoutSaga, *, release_lease: bool = False, new_saga: boo
         steps.create_order(saga, reserved=reserved, release_lease=release_lease)
 
 
-def _priced_lines(lines: tuple) -> tuple[list[dict[str, Any]], str]:
-    """The cart's lines priced from the catalog now (never from the client)."""
+@dataclass(frozen=True)
+class _Priced:
+    lines: list[dict[str, Any]]
+    currency: str
+    guard: hold_caps.HoldGuard | None  # what the saga's INSERT checks against the client's other holds
+
+
+def _priced_lines(lines: tuple, *, client_key: str | None) -> _Priced:
+    """The cart's lines priced from the catalog now (never from the client), and their hold caps."""
     infos = product_infos_get(product_ids=[line.product_id for line in lines])
-    priced, currencies = [], set()
+    priced, currencies, flash_ids = [], set(), set()
     for line in lines:
         info = infos.get(line.product_id)
         if info is None:
             raise ProductNotFound(f"Product {line.product_id} is no longer sold.", productId=line.product_id)
         currencies.add(info.currency)
+        if info.flash_sale:
+            flash_ids.add(info.id)
         priced.append(
             {
                 "product_id": info.id,
@@ -175,30 +201,23 @@ def _priced_lines(lines: tuple) -> tuple[list[dict[str, Any]], str]:
         )
     if len(currencies) != 1:
         raise ProductNotFound("The cart mixes currencies.", productId=lines[0].product_id)
-    return priced, currencies.pop()
+    pairs = [(line["product_id"], line["quantity"]) for line in priced]
+    guard = hold_caps.hold_guard(client_key=client_key, lines=pairs, flash_ids=flash_ids)
+    return _Priced(lines=priced, currency=currencies.pop(), guard=guard)
 
 
-def _new_saga(
-    *,
-    checkout_id: str,
-    snapshot: CartSnapshot,
-    priced: tuple[list[dict[str, Any]], str],
-    token_hash: str | None,
-    user_id: int | None,
-    email: str | None,
-    owner: str,
-) -> CheckoutSaga:
+def _new_saga(*, checkout_id: str, snapshot: CartSnapshot, priced: _Priced, buyer: _Buyer, owner: str) -> CheckoutSaga:
     """The saga as it is born: holding its lease and "about to reserve"."""
-    lines, currency = priced
     return CheckoutSaga(
         public_id=checkout_id,
         cart_key=snapshot.key,
         cart_version=snapshot.version,
-        cart_token_hash=token_hash or "",
-        user_id=user_id,
-        email=email or "",
-        lines=lines,
-        currency=currency,
+        cart_token_hash=buyer.token_hash or "",
+        user_id=buyer.user_id,
+        email=buyer.email or "",
+        client_key=buyer.client_key or "",
+        lines=priced.lines,
+        currency=priced.currency,
         step="reserve",
         step_status=ABOUT_TO,
         lease_owner=owner,

@@ -7,10 +7,11 @@ from __future__ import annotations
 import secrets
 
 import pytest
+from django.contrib.auth.models import AnonymousUser
 from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
-from cartflow.clients import address_key, client_address
+from cartflow.clients import address_key, client_address, hold_cap_key
 from tests.support.saga import make_product
 
 pytestmark = pytest.mark.django_db
@@ -71,6 +72,22 @@ def test_an_ipv6_client_is_counted_by_its_64_network():
     assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
     assert address_key("::ffff:203.0.113.9") == "203.0.113.9"
     assert address_key("203.0.113.9") == "203.0.113.9"
+
+
+def test_the_hold_cap_key_is_the_user_else_the_trusted_address_never_the_cart_token(settings, ann):
+    settings.CARTFLOW_TRUSTED_PROXIES = 1
+    factory = RequestFactory()
+    guest = factory.post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9")
+    guest.user = AnonymousUser()
+    other_token = factory.post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    other_token.user, other_token.COOKIES["cart_token"] = AnonymousUser(), secrets.token_urlsafe(32)
+    assert hold_cap_key(guest) == hold_cap_key(other_token) == "addr:203.0.113.9"
+    ipv6 = factory.post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="2001:db8:1:2:aaaa::1")
+    ipv6.user = AnonymousUser()
+    assert hold_cap_key(ipv6) == "addr:2001:db8:1:2::/64"
+    signed_in = factory.post("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    signed_in.user = ann
+    assert hold_cap_key(signed_in) == f"user:{ann.pk}"
 
 
 # --- throttles keyed by that address ---

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from inventory.flashsale import flash_pool_state, flash_sale_start
 from inventory.flashsale_queue import flash_queue_length
 from orders.models import CheckoutSaga
-from tests.support.saga import invariants_hold, make_product
+from tests.support.saga import guest_with_cart, invariants_hold, make_product
 
 pytestmark = pytest.mark.django_db(transaction=True)
 _addresses = itertools.count(1)
@@ -84,8 +84,7 @@ def test_busy_buyers_get_fifo_positions_and_poll_them(stripe_emulator):
 
 
 def test_concurrent_joins_get_distinct_contiguous_positions(stripe_emulator):
-    product, _, _, _ = sold_out_for_now(0)
-    clients = [APIClient(REMOTE_ADDR=f"10.8.0.{i}") for i in range(1, 25)]
+    product, _, _, clients = sold_out_for_now(24)
     barrier = threading.Barrier(len(clients))
     positions: list[int] = []
     lock = threading.Lock()
@@ -183,6 +182,7 @@ def test_queue_problems(stripe_emulator):
 
     empty = make_product(on_hand=0)
     flash_sale_start(product_id=empty.id)
+    client = guest_with_cart((plain, 1))  # joining needs a cart
     sold_out = client.post(f"/api/flash-sales/{empty.sku}/queue")
     assert sold_out.status_code == 409 and sold_out.json()["code"] == "sold_out"
 
@@ -212,3 +212,33 @@ def test_the_sweeper_beat_drops_lapsed_tickets_when_nobody_polls(stripe_emulator
     flash_pool_sweep()  # the window lapsed with nobody starting: the place is given up
     assert flash_queue_length(product_id=product.id) == 0
     assert start(outsider).status_code == 201
+
+
+def test_a_ticket_belongs_to_the_cart_that_joined(stripe_emulator):
+    product, holder, checkout_id, [mine, other] = sold_out_for_now(2)
+    ticket = join(mine, product)
+    assert holder.post(f"/api/checkout/{checkout_id}/cancel").status_code == 200  # my ticket is admitted
+    # Another cart can neither follow my ticket nor start a checkout with it.
+    peeked = poll(other, ticket)
+    assert peeked.status_code == 404 and peeked.json()["code"] == "flash_ticket_not_found"
+    stolen = start(other, ticket["ticket"])
+    assert stolen.status_code == 404, stolen.content
+    assert stolen.json()["code"] == "flash_ticket_not_found"
+    assert (
+        flash_pool_state(product_id=product.id).free == 1
+        and not CheckoutSaga.objects.filter(state="awaiting_payment").exists()
+    )
+    # The cart that joined still can.
+    assert poll(mine, ticket).json()["admitted"] is True
+    assert start(mine, ticket["ticket"]).status_code == 201
+
+
+def test_joining_the_queue_needs_a_cart(stripe_emulator):
+    product, _, _, _ = sold_out_for_now(0)
+    no_cart = APIClient().post(f"/api/flash-sales/{product.sku}/queue")
+    assert no_cart.status_code == 409 and no_cart.json()["code"] == "cart_empty", no_cart.content
+    assert "no cart token was sent" in no_cart.json()["detail"] and no_cart.json()["cartTokenSent"] is False
+    empty = APIClient(HTTP_X_CART_TOKEN="e" * 43).post(f"/api/flash-sales/{product.sku}/queue")
+    assert empty.status_code == 409 and empty.json()["code"] == "cart_empty", empty.content
+    assert empty.json()["cartTokenSent"] is True
+    assert flash_queue_length(product_id=product.id) == 0

@@ -202,6 +202,18 @@ def test_order_search_by_payment_intent_and_links_to_reservations_and_webhooks(s
     assert [e.event_id for e in events.context["cl"].result_list] == ["evt_mine"]
 
 
+def test_saga_search_by_client_finds_what_one_client_holds(staff):
+    product = make_product(on_hand=5)
+    mine = {started(product)[1] for _ in range(2)}  # the test client's address: 127.0.0.1
+
+    def found(q: str) -> set[str]:
+        page = staff.get(reverse("admin:orders_checkoutsaga_changelist"), {"q": q})
+        return {s.public_id for s in page.context["cl"].result_list}
+
+    assert found("addr:127.0.0.1") == mine
+    assert found("addr:10.0.0.1") == set()
+
+
 def test_order_and_saga_pages_are_read_only(staff, stripe_emulator):
     product = make_product(on_hand=2)
     _, checkout_id = started(product)
