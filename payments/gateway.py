@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from payments import budget
 from payments import metrics as stripe_metrics
 from payments.errors import PaymentMethodInvalid, PaymentPermanentError, PaymentProviderBusy, PaymentTransientError
-from payments.interface import IntentResult, RefundResult
+from payments.interface import IntentResult, RefundResult, intent_result, refund_result
 from payments.services import payment_attempt_record
 
 log = structlog.get_logger("cartflow.payments")
@@ -168,54 +168,9 @@ def _assert_no_transaction() -> None:
         raise RuntimeError("Stripe must not be called inside a database transaction")
 
 
-def _to_result(pi: Any, **overrides: Any) -> IntentResult:
-    data = pi.to_dict() if hasattr(pi, "to_dict") else dict(pi)
-    latest = data.get("latest_charge")
-    charge = latest if isinstance(latest, dict) else {}
-    if not charge and isinstance(data.get("charges"), dict):  # older API versions (and localstripe)
-        charges = data["charges"].get("data") or []
-        charge = charges[-1] if charges else {}
-    lpe = data.get("last_payment_error") or {}
-    received = int(data.get("amount_received") or 0)
-    values: dict[str, Any] = {
-        "intent_id": data["id"],
-        "status": data["status"],
-        "amount": int(data.get("amount") or 0),
-        "currency": (data.get("currency") or "").lower(),
-        "client_secret": data.get("client_secret"),
-        "next_action": data.get("next_action") or None,
-        "decline_code": lpe.get("decline_code"),
-        "error_code": lpe.get("code"),
-        "error_message": lpe.get("message"),
-        "metadata": dict(data.get("metadata") or {}),
-        "amount_refunded": _money_refunded(charge),
-        "amount_received": received,
-        "amount_capturable": int(data.get("amount_capturable") or 0),
-        "disputed": bool(charge.get("disputed")),
-        "charge_id": charge.get("id")
-        or (data.get("latest_charge") if isinstance(data.get("latest_charge"), str) else None),
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return IntentResult(**values)
-
-
-def _money_refunded(charge: dict[str, Any]) -> int:
-    """What was given back of what was taken. Stripe counts an authorization's released hold in the charge's
-    ``amount_refunded`` (a void, an expiry, the uncaptured rest of a partial capture), but no money moved:
-    an order's refunds are only what exceeds that release. Charges without ``amount_captured`` (older API
-    versions, localstripe) count as captured whole."""
-    refunded = int(charge.get("amount_refunded") or 0)
-    if "amount_captured" not in charge:
-        return refunded
-    if charge.get("captured") is False:
-        return 0
-    released = int(charge.get("amount") or 0) - int(charge.get("amount_captured") or 0)
-    return max(0, refunded - released)
-
-
 def _retrieve(intent_id: str) -> IntentResult:
     pi = _client().v1.payment_intents.retrieve(intent_id, params={"expand": ["latest_charge"]})
-    return _to_result(pi)
+    return intent_result(pi)
 
 
 # --- the rule every write obeys: outside a transaction, under its key, recorded whatever its end ---
@@ -320,7 +275,7 @@ def payment_intent_create(
 ) -> IntentResult:
     """The one PaymentIntent of an order: card only, metadata links it back to the order and the checkout."""
     params = _intent_params(order_id=order_id, checkout_id=checkout_id, amount=amount, currency=currency, email=email)
-    return _to_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
+    return intent_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
 
 
 @_stripe_write("create_confirm", key="cf:{order_id}:pi-create-confirm:{attempt}", creates=True)
@@ -351,12 +306,12 @@ def payment_intent_create_and_confirm(
         **_method_params(payment_method, confirmation_token, return_url),
     }
     try:
-        return _to_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
+        return intent_result(_client().v1.payment_intents.create(params=params, options={"idempotency_key": call.key}))
     except stripe.CardError as exc:
         embedded = getattr(exc.error, "payment_intent", None)
         if not embedded:
             raise
-        return _declined(_to_result(embedded), exc)
+        return _declined(intent_result(embedded), exc)
     except stripe.InvalidRequestError as exc:
         if _method_refused(exc):
             raise _method_invalid(exc) from exc
@@ -365,7 +320,7 @@ def payment_intent_create_and_confirm(
             raise
         # Created, but the confirm could not use what was sent: the intent is the answer.
         err = PaymentMethodInvalid(exc.user_message or str(exc))
-        err.intent = _to_result(embedded)
+        err.intent = intent_result(embedded)
         raise err from exc
 
 
@@ -387,7 +342,7 @@ def payment_intent_confirm(
     params = _method_params(payment_method, confirmation_token, return_url)
     try:
         pi = _client().v1.payment_intents.confirm(intent_id, params=params, options={"idempotency_key": call.key})
-        return _to_result(pi)
+        return intent_result(pi)
     except stripe.CardError as exc:
         return _declined(_retrieve(intent_id), exc)  # the re-read PaymentIntent is the real answer
     except stripe.InvalidRequestError as exc:
@@ -415,7 +370,7 @@ def payment_intent_retrieve(*, intent_id: str) -> IntentResult:
 def payment_intent_cancel(call: _Call, *, order_id: str, intent_id: str) -> IntentResult:
     """Cancel; already canceled → that state; succeeded (cannot cancel) → the succeeded PI (caller refunds)."""
     try:
-        return _to_result(_client().v1.payment_intents.cancel(intent_id, options={"idempotency_key": call.key}))
+        return intent_result(_client().v1.payment_intents.cancel(intent_id, options={"idempotency_key": call.key}))
     except stripe.InvalidRequestError as exc:
         if _code(exc) != "payment_intent_unexpected_state":
             raise
@@ -431,7 +386,7 @@ def payment_intent_capture(call: _Call, *, order_id: str, intent_id: str, amount
     params: dict[str, Any] = {} if amount is None else {"amount_to_capture": amount}
     try:
         pi = _client().v1.payment_intents.capture(intent_id, params=params, options={"idempotency_key": call.key})
-        return _to_result(pi)
+        return intent_result(pi)
     except stripe.InvalidRequestError as exc:
         if _code(exc) != "payment_intent_unexpected_state":
             raise
@@ -466,7 +421,7 @@ def refund_create(
         if seq is not None or _code(exc) != "charge_already_refunded":
             raise
         refund = _existing_refund(intent_id, exc)
-    result = _to_refund(refund)
+    result = refund_result(refund)
     try:
         call.intent = _retrieve(intent_id)  # recorded with the attempt: the refunded amount as Stripe has it
     except stripe.StripeError:
@@ -478,22 +433,9 @@ def refund_retrieve(*, refund_id: str) -> RefundResult:
     """The refund as Stripe has it now (a read, recorded on no order)."""
     _assert_no_transaction()
     try:
-        return _to_refund(_client().v1.refunds.retrieve(refund_id))
+        return refund_result(_client().v1.refunds.retrieve(refund_id))
     except stripe.StripeError as exc:
         raise _classify(exc) from exc
-
-
-def _to_refund(refund: Any) -> RefundResult:
-    data = refund.to_dict() if hasattr(refund, "to_dict") else dict(refund)
-    intent = data.get("payment_intent")
-    return RefundResult(
-        refund_id=data["id"],
-        status=data.get("status") or "",
-        amount=int(data.get("amount") or 0),
-        intent_id=intent.get("id") if isinstance(intent, dict) else intent,
-        metadata=dict(data.get("metadata") or {}),
-        failure_reason=data.get("failure_reason"),
-    )
 
 
 # --- helpers for the error paths ---
