@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rest_framework.test import APIClient
 
+from orders.apis import CheckoutOutputSerializer, checkout_start_body
 from orders.models import CheckoutSaga, Order
+from orders.selectors import checkout_view
 from orders.services import outbox_process_pending
 from tests.support.saga import (
     charges,
@@ -176,3 +180,22 @@ def test_paid_checkout_cannot_be_cancelled(stripe_emulator):
     response = client.post(f"/api/checkout/{start['checkoutId']}/cancel")
     assert response.status_code == 409
     assert response.json()["code"] == "checkout_not_cancellable" and response.json()["checkoutStatus"] == "confirmed"
+
+
+def test_start_body_is_what_the_output_serializer_renders(stripe_emulator):
+    """The start answers without CheckoutOutputSerializer (orders/apis.py, ``checkout_start_body``): for a
+    checkout in each shape it can take, both give the same JSON, keys in the same order."""
+    client = guest_with_cart((make_product(price=999), 2), (make_product(), 1))
+    started = _start(client)
+    saga = CheckoutSaga.objects.select_related("order").get(public_id=started.json()["checkoutId"])
+    views = [checkout_view(saga=saga, fresh=True), checkout_view(saga=saga)]
+    assert _confirm(client, pm="pm_card_threeDSecure2Required").status_code == 202
+    saga.refresh_from_db()
+    views.append(checkout_view(saga=saga))  # a client secret and a next action
+    assert client.post(f"/api/checkout/{saga.public_id}/cancel").status_code == 200
+    saga.refresh_from_db()
+    views.append(checkout_view(saga=saga))
+    views.append({**views[0], "order_id": None, "reservation_expires_at": None, "payment_client_secret": None})
+    for view in views:
+        assert json.dumps(checkout_start_body(view)) == json.dumps(CheckoutOutputSerializer(view).data)
+    assert json.loads(json.dumps(checkout_start_body(views[0]))) == started.json()
