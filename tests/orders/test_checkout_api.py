@@ -199,3 +199,17 @@ def test_start_body_is_what_the_output_serializer_renders(stripe_emulator):
     for view in views:
         assert json.dumps(checkout_start_body(view)) == json.dumps(CheckoutOutputSerializer(view).data)
     assert json.loads(json.dumps(checkout_start_body(views[0]))) == started.json()
+
+
+def test_a_start_body_is_validated_and_an_empty_one_is_no_body(stripe_emulator):
+    """The start skips its input serializer for an empty body only: a body with fields is still checked."""
+    product = make_product()
+    client = guest_with_cart((product, 1))
+    bad = client.post("/api/checkout/start", {"email": "not-an-address"}, format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "validation_error"
+    assert client.post("/api/checkout/start", [1], format="json").status_code == 400
+    assert stock(product) == (10, 0)
+    started = client.post("/api/checkout/start", {"email": "buyer@example.com"}, format="json")
+    assert started.status_code == 201
+    assert Order.objects.get(public_id=started.json()["orderId"]).email == "buyer@example.com"
+    assert client.post("/api/checkout/start", [], format="json").json()["checkoutId"] == started.json()["checkoutId"]
