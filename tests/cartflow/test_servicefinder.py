@@ -16,7 +16,7 @@ import yaml
 
 from cartflow import servicefinder, tracing
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
 

@@ -32,7 +32,7 @@ from payments.gateway import (
 from tests.support.saga import charges, guest_with_cart, held, invariants_hold, make_product, stock
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIRM = "POST /v1/payment_intents/*/confirm"
 CREATE = "POST /v1/payment_intents"
 
