@@ -8,11 +8,16 @@ requests served is the CPU milliseconds per request that ``make bench`` prints u
 Linux only (``/proc``); elsewhere the snapshot is empty and the breakdown is skipped. Each process counts
 its own CPU plus that of its children that have exited and been reaped (``cutime``/``cstime``): a
 PostgreSQL backend that lives for one Celery task is counted in the postmaster once it is gone.
+
+On a machine that others use too, a :class:`Scope` keeps their processes out: only the sessions the bench
+started (each child leads its own) and the PostgreSQL backends of the bench's database. Then PostgreSQL's
+shared background processes and backends that have already exited are not counted.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -26,7 +31,20 @@ _GROUPS = (
 )
 
 
-def cpu_snapshot() -> dict[str, float]:
+@dataclass(frozen=True)
+class Scope:
+    """The processes to count: those in ``sessions``, and PostgreSQL backends connected to ``database``."""
+
+    sessions: frozenset[int]
+    database: str
+
+    def counts(self, group: str, session: int, cmdline: str) -> bool:
+        if group == "postgres":  # a backend's title: "postgres: <user> <database> <client> <state>"
+            return f" {self.database} " in f"{cmdline} "
+        return session in self.sessions
+
+
+def cpu_snapshot(scope: Scope | None = None) -> dict[str, float]:
     """CPU seconds used so far by each group; ``driver`` is this process (the load driver)."""
     out: dict[str, float] = {}
     proc = Path("/proc")
@@ -49,6 +67,8 @@ def cpu_snapshot() -> dict[str, float]:
         else:
             label = f"{comm}\0{cmdline}"
             group = next((name for name, test in _GROUPS if test(label)), None)
+            if group and scope is not None and not scope.counts(group, int(fields[3]), cmdline):
+                group = None
         if group:
             out[group] = out.get(group, 0.0) + seconds
     return out

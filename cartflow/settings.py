@@ -315,8 +315,11 @@ CARTFLOW_MAX_CART_LINES = env_int("CARTFLOW_MAX_CART_LINES", 100)
 # Reservation retries: attempts and total time budget for a lost version race.
 CARTFLOW_RESERVE_MAX_ATTEMPTS = env_int("CARTFLOW_RESERVE_MAX_ATTEMPTS", 12)
 CARTFLOW_RESERVE_MAX_SECONDS = env_float("CARTFLOW_RESERVE_MAX_SECONDS", 2.0)
-CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS", 0.002)
-CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.1)
+# The pause between attempts: full jitter, U(0, min(max, base * 2^attempt)). A loser lost to a writer that has
+# already committed (the stock row is locked for one statement only), so the row is free again at once; a long
+# pause only leaves its web thread idle while its clients queue (docs/performance.md, the hot rush's tail).
+CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_BASE_SECONDS", 0.001)
+CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS = env_float("CARTFLOW_RESERVE_BACKOFF_MAX_SECONDS", 0.02)
 CARTFLOW_CATALOG_CACHE_SECONDS = env_int("CARTFLOW_CATALOG_CACHE_SECONDS", 300)
 
 # --- Hold caps (orders/saga/hold_caps.py): what one client (signed-in user, else address) may hold; 0 = off ---

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rest_framework.test import APIClient
 
+from orders.apis import CheckoutOutputSerializer, checkout_start_body
 from orders.models import CheckoutSaga, Order
+from orders.selectors import checkout_view
 from orders.services import outbox_process_pending
 from tests.support.saga import (
     charges,
@@ -221,3 +225,36 @@ def test_cart_empty_says_when_the_token_sent_names_an_empty_cart():
     stranger = APIClient()
     stranger.cookies["cart_token"] = "not-a-token-this-server-issued"
     assert _start(stranger).json()["cartTokenSent"] is True
+
+
+def test_start_body_is_what_the_output_serializer_renders(stripe_emulator):
+    """The start answers without CheckoutOutputSerializer (orders/apis.py, ``checkout_start_body``): for a
+    checkout in each shape it can take, both give the same JSON, keys in the same order."""
+    client = guest_with_cart((make_product(price=999), 2), (make_product(), 1))
+    started = _start(client)
+    saga = CheckoutSaga.objects.select_related("order").get(public_id=started.json()["checkoutId"])
+    views = [checkout_view(saga=saga, fresh=True), checkout_view(saga=saga)]
+    assert _confirm(client, pm="pm_card_threeDSecure2Required").status_code == 202
+    saga.refresh_from_db()
+    views.append(checkout_view(saga=saga))  # a client secret and a next action
+    assert client.post(f"/api/checkout/{saga.public_id}/cancel").status_code == 200
+    saga.refresh_from_db()
+    views.append(checkout_view(saga=saga))
+    views.append({**views[0], "order_id": None, "reservation_expires_at": None, "payment_client_secret": None})
+    for view in views:
+        assert json.dumps(checkout_start_body(view)) == json.dumps(CheckoutOutputSerializer(view).data)
+    assert json.loads(json.dumps(checkout_start_body(views[0]))) == started.json()
+
+
+def test_a_start_body_is_validated_and_an_empty_one_is_no_body(stripe_emulator):
+    """The start skips its input serializer for an empty body only: a body with fields is still checked."""
+    product = make_product()
+    client = guest_with_cart((product, 1))
+    bad = client.post("/api/checkout/start", {"email": "not-an-address"}, format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "validation_error"
+    assert client.post("/api/checkout/start", [1], format="json").status_code == 400
+    assert stock(product) == (10, 0)
+    started = client.post("/api/checkout/start", {"email": "buyer@example.com"}, format="json")
+    assert started.status_code == 201
+    assert Order.objects.get(public_id=started.json()["orderId"]).email == "buyer@example.com"
+    assert client.post("/api/checkout/start", [], format="json").json()["checkoutId"] == started.json()["checkoutId"]
