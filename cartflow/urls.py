@@ -4,6 +4,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from cartflow import metrics, signin, storefront, views
 
+# The back office says whose it is: staff land on "CartFlow operations", not Django's default header.
+admin.site.site_header = "CartFlow operations"
+admin.site.site_title = "CartFlow"
+admin.site.index_title = "Orders, stock and payments"
+
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

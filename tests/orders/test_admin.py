@@ -224,3 +224,13 @@ def test_order_and_saga_pages_are_read_only(staff, stripe_emulator):
     assert response.status_code == 403
     assert Order.objects.get(pk=order.pk).status == "awaiting_payment"
     assert staff.post(reverse("admin:orders_checkoutsaga_delete", args=[saga(checkout_id).pk])).status_code == 403
+
+
+def test_the_back_office_is_branded_cartflow(staff, client):
+    """Staff see whose back office this is, on the login page and the index, not "Django administration"."""
+    index = staff.get(reverse("admin:index")).content.decode()
+    assert "CartFlow operations" in index and "Django administration" not in index
+    assert "Orders, stock and payments" in index
+    staff.logout()
+    login = client.get(reverse("admin:login")).content.decode()
+    assert "CartFlow operations" in login and "Django administration" not in login
