@@ -5,6 +5,7 @@ actions and forms call the services (orders/refunds.py, orders/cancellation.py, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -145,39 +146,46 @@ class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         """The refund form (amount, reason); its submit calls ``order_refund``."""
         order = self._order_for_money(request, object_id)
         form = RefundForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            try:
-                done = order_refund(
-                    order_id=order.public_id,
-                    amount=form.cleaned_data["amount"],
-                    reason=form.cleaned_data["reason"],
-                    actor=request.user,
-                )
-            except DomainError as exc:
-                form.add_error(None, exc.detail)
-            else:
-                self.message_user(request, refund_summary(done), messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
-        return self._money_form(request, order, form, "Refund", "Refund")
+        done = self._submitted(
+            request,
+            order,
+            form,
+            lambda data: refund_summary(
+                order_refund(order_id=order.public_id, amount=data["amount"], reason=data["reason"], actor=request.user)
+            ),
+        )
+        return done or self._money_form(request, order, form, "Refund", "Refund")
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The cancel-after-payment form (reason, put the stock back); its submit calls ``order_cancel_paid``."""
         order = self._order_for_money(request, object_id)
         form = CancelForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            try:
-                done = order_cancel_paid(
-                    order_id=order.public_id,
-                    restock=form.cleaned_data["restock"],
-                    reason=form.cleaned_data["reason"],
-                    actor=request.user,
+        done = self._submitted(
+            request,
+            order,
+            form,
+            lambda data: cancel_summary(
+                order_cancel_paid(
+                    order_id=order.public_id, restock=data["restock"], reason=data["reason"], actor=request.user
                 )
-            except DomainError as exc:
-                form.add_error(None, exc.detail)
-            else:
-                self.message_user(request, cancel_summary(done), messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
-        return self._money_form(request, order, form, "Cancel after payment", "Cancel the order")
+            ),
+        )
+        return done or self._money_form(request, order, form, "Cancel after payment", "Cancel the order")
+
+    def _submitted(
+        self, request: HttpRequest, order: Order, form: forms.Form, run: Callable[[dict[str, Any]], str]
+    ) -> HttpResponse | None:
+        """A valid POST runs the service (``run`` returns what to tell staff) and goes back to the order; a
+        refusal (a DomainError, nothing changed) becomes the form's error. None: show the form (again)."""
+        if request.method != "POST" or not form.is_valid():
+            return None
+        try:
+            summary = run(form.cleaned_data)
+        except DomainError as exc:
+            form.add_error(None, exc.detail)
+            return None
+        self.message_user(request, summary, messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:orders_order_change", args=[order.pk]))
 
     def _order_for_money(self, request: HttpRequest, object_id: str) -> Order:
         if not self.has_money_permission(request):

@@ -1,13 +1,7 @@
-import getpass
+from django.core.management.base import BaseCommand, CommandParser
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
-
-from cartflow.problems import DomainError
 from orders.cancellation import cancel_summary, order_cancel_paid
-from payments.errors import PaymentProviderBusy, PaymentTransientError, RefundInProgress
-
-# Exit status 75 (EX_TEMPFAIL in sysexits.h): the cancellation is started; run the command again to finish it.
-TRY_AGAIN = (RefundInProgress, PaymentTransientError, PaymentProviderBusy)
+from orders.management.money import command_actor, run_operation
 
 
 class Command(BaseCommand):
@@ -23,22 +17,12 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="", help="why, kept on the order with who ran the command")
 
     def handle(self, *args, **options) -> None:
-        try:
-            done = order_cancel_paid(
+        done = run_operation(
+            lambda: order_cancel_paid(
                 order_id=options["order_id"],
                 restock=not options["no_restock"],
                 reason=options["reason"],
-                actor=f"manage.py cancel_order ({_os_user()})",
+                actor=command_actor("cancel_order"),
             )
-        except TRY_AGAIN as exc:
-            raise CommandError(f"{exc.detail} (run the command again)", returncode=75) from exc
-        except DomainError as exc:
-            raise CommandError(exc.detail, returncode=1) from exc
+        )
         self.stdout.write(cancel_summary(done))
-
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        return "unknown user"
