@@ -28,6 +28,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from cartflow.money import money_format
 from inventory.services import stock_adjust
 from orders.errors import OrderNotCancellable
 from orders.models import Order, OrderOperation
@@ -129,8 +130,8 @@ def _money_back(order: Order, operation: OrderOperation) -> str:
         Op.objects.filter(pk=operation.pk).update(refund_seq=refund.seq, amount=refund.amount)
     order = order_refunds_record(order_id=order.public_id)
     if refund is None:
-        return f"nothing left to refund (refunded {order.amount_refunded} {order.currency})"
-    return f"refunded {refund.amount} {order.currency} (refund #{refund.seq}, {refund.status})"
+        return f"nothing left to refund (refunded {money_format(order.amount_refunded, order.currency)})"
+    return f"refunded {money_format(refund.amount, order.currency)} (refund #{refund.seq}, {refund.status})"
 
 
 def _refund_the_rest(order: Order) -> Refund | None:

@@ -19,6 +19,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from cartflow.money import money_format
 from orders.errors import OrderNotRefundable
 from orders.models import Order, OrderOperation
 from orders.outbound.events import outbound_event_record
@@ -90,15 +91,16 @@ def refund_summary(done: RefundOutcome) -> str:
     """One line for staff (the command's output, the admin's message)."""
     order, refund = done.order, done.refund
     so_far = (
-        f"refunded so far {order.amount_refunded} of {order.total} {order.currency} ({order_payment_status(order)})"
+        f"refunded so far {money_format(order.amount_refunded, order.currency)} of "
+        f"{money_format(order.total, order.currency)} ({order_payment_status(order)})"
     )
     if done.resumed:
         return (
-            f"Refund #{refund.seq} of order {order.public_id} ({refund.amount} {order.currency}), left unfinished "
-            f"earlier, is now {refund.status}; nothing new was refunded; {so_far}."
+            f"Refund #{refund.seq} of order {order.public_id} ({money_format(refund.amount, order.currency)}), left "
+            f"unfinished earlier, is now {refund.status}; nothing new was refunded; {so_far}."
         )
     return (
-        f"Refunded {refund.amount} {order.currency} of order {order.public_id} (refund #{refund.seq}, "
+        f"Refunded {money_format(refund.amount, order.currency)} of order {order.public_id} (refund #{refund.seq}, "
         f"{refund.status}); {so_far}."
     )
 
@@ -126,8 +128,8 @@ def _finish_earlier(order: Order, refund: Refund) -> RefundOutcome:
         refund = refund_execute(refund_id=refund.pk)
     except PaymentTransientError as exc:
         raise RefundInProgress(
-            f"Refund #{refund.seq} of this order ({refund.amount} {order.currency}) still has no answer from "
-            "Stripe; nothing else was started. Try again shortly.",
+            f"Refund #{refund.seq} of this order ({money_format(refund.amount, order.currency)}) still has no answer "
+            "from Stripe; nothing else was started. Try again shortly.",
             orderId=order.public_id,
             refundSeq=refund.seq,
         ) from exc
@@ -181,8 +183,8 @@ def _close_operations(order: Order) -> None:
         outcome = (
             f"refund #{refund.seq} {refund.status}: {refund.failure_reason or 'nothing refunded'}"
             if failed
-            else f"refunded {refund.amount} {order.currency} (refund #{refund.seq}, {refund.stripe_refund_id}, "
-            f"{refund.status})"
+            else f"refunded {money_format(refund.amount, order.currency)} (refund #{refund.seq}, "
+            f"{refund.stripe_refund_id}, {refund.status})"
         )
         Op.objects.filter(pk=operation.pk, status=Op.Status.STARTED).update(
             status=Op.Status.FAILED if failed else Op.Status.DONE, outcome=outcome, finished_at=timezone.now()

@@ -25,6 +25,7 @@ from __future__ import annotations
 from django.db import connection
 from django.utils import timezone
 
+from cartflow.money import money_format
 from payments.errors import (
     PaymentPermanentError,
     PaymentProviderBusy,
@@ -90,7 +91,10 @@ def _exceeds_detail(payment: Payment | None, asked: int, remaining: int) -> str:
         return "The order has no captured payment to refund."
     if remaining == 0:
         return "The payment has been refunded in full already."
-    return f"A refund of {asked} is more than the {remaining} {payment.currency} left to refund."
+    return (
+        f"A refund of {asked} ({money_format(asked, payment.currency)}) is more than the "
+        f"{money_format(remaining, payment.currency)} left to refund."
+    )
 
 
 _RESERVE_SQL = f"""
@@ -126,8 +130,8 @@ def _reserve(payment: Payment, *, amount: int) -> Refund | None:
 
 def _in_progress(order_id: str, refund: Refund) -> RefundInProgress:
     return RefundInProgress(
-        f"Refund #{refund.seq} of this order ({refund.amount} {refund.payment.currency}) has not been answered by "
-        "Stripe yet; it is finished before another one starts.",
+        f"Refund #{refund.seq} of this order ({money_format(refund.amount, refund.payment.currency)}) has not been "
+        "answered by Stripe yet; it is finished before another one starts.",
         orderId=order_id,
         refundSeq=refund.seq,
     )

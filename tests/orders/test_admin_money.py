@@ -35,7 +35,7 @@ def test_the_refund_action_opens_the_form_and_its_submit_refunds_and_records_who
 
     done = staff.post(form_url, {"amount": "750", "reason": "wrong size"}, follow=True)
     assert done.redirect_chain[-1][0] == reverse("admin:orders_order_change", args=[order.pk])
-    assert f"Refunded 750 usd of order {order_id}" in done.content.decode()
+    assert f"Refunded 7.50 USD of order {order_id}" in done.content.decode()
     operation = OrderOperation.objects.get()
     assert (operation.actor_id, operation.actor_label, operation.reason) == (staff.user.pk, "dana", "wrong size")
     order.refresh_from_db()
@@ -49,7 +49,7 @@ def test_a_refused_refund_is_a_form_error_and_changes_nothing(staff, stripe_emul
     order = Order.objects.get(public_id=order_id)
     page = staff.post(reverse("admin:orders_order_refund", args=[order.pk]), {"amount": "2001", "reason": "typo"})
     assert page.status_code == 200
-    assert "more than the 2000 usd left" in page.content.decode()
+    assert "A refund of 2001 (20.01 USD) is more than the 20.00 USD left" in page.content.decode()
     assert not Refund.objects.exists() and not OrderOperation.objects.exists()
 
 

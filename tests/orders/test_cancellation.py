@@ -65,7 +65,7 @@ def test_cancelling_a_paid_order_refunds_the_rest_puts_the_stock_back_and_record
         "done",
         2,
     )
-    assert "refunded 2200 usd" in cancel.outcome and "stock put back" in cancel.outcome
+    assert "refunded 22.00 USD" in cancel.outcome and "stock put back" in cancel.outcome
     [event] = Outbox.objects.filter(event_type="order.cancelled")
     assert event.payload == {"orderId": order_id, "reason": "customer changed their mind", "restocked": True}
     assert Payment.objects.get(order_id=order_id).order_cancelled_at is not None

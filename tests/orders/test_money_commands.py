@@ -48,7 +48,7 @@ def test_refund_order_prints_what_it_refunded_and_refuses_more_than_is_left(stri
     client, order_id = paid_order((make_product(price=1000), 1))
     said = run("refund_order", order_id, "--amount", "400", "--reason", "dented box")
     assert said == (
-        f"Refunded 400 usd of order {order_id} (refund #1, succeeded); refunded so far 400 of 1000 usd "
+        f"Refunded 4.00 USD of order {order_id} (refund #1, succeeded); refunded so far 4.00 USD of 10.00 USD "
         "(partially_refunded)."
     )
     operation = OrderOperation.objects.get()
@@ -56,7 +56,7 @@ def test_refund_order_prints_what_it_refunded_and_refuses_more_than_is_left(stri
 
     with pytest.raises(CommandError) as too_much:
         run("refund_order", order_id, "--amount", "601")
-    assert too_much.value.returncode == 1 and "more than the 600 usd left" in str(too_much.value)
+    assert too_much.value.returncode == 1 and "more than the 6.00 USD left" in str(too_much.value)
     with pytest.raises(CommandError) as unknown:
         run("refund_order", "ord_nosuchorder")
     assert unknown.value.returncode == 1 and "There is no order 'ord_nosuchorder'" in str(unknown.value)
@@ -65,7 +65,7 @@ def test_refund_order_prints_what_it_refunded_and_refuses_more_than_is_left(stri
     assert Refund.objects.count() == 1
 
     said = run("refund_order", order_id)
-    assert "Refunded 600 usd" in said and "(refunded)" in said
+    assert "Refunded 6.00 USD" in said and "(refunded)" in said
 
 
 def test_refund_order_asks_to_be_run_again_when_stripe_does_not_answer(stripe_emulator):
@@ -85,7 +85,7 @@ def test_cancel_order_prints_what_it_did_and_is_safe_to_run_again(stripe_emulato
     client, order_id = paid_order((product, 2))
     said = run("cancel_order", order_id, "--reason", "customer called")
     assert said == (
-        f"Order {order_id} cancelled: refunded 2000 usd (refund #1, succeeded); stock put back: 2 × {product.sku}."
+        f"Order {order_id} cancelled: refunded 20.00 USD (refund #1, succeeded); stock put back: 2 × {product.sku}."
     )
     assert stock(product) == (5, 0)
     again = run("cancel_order", order_id)
@@ -102,14 +102,14 @@ def test_the_commands_exit_0_when_done_and_1_when_refused_as_real_processes(stri
 
     refunded = manage(stripe_emulator, "refund_order", order_id, "--amount", "250", "--reason", "late")
     assert refunded.returncode == 0, refunded.stderr
-    assert f"Refunded 250 usd of order {order_id}" in refunded.stdout
+    assert f"Refunded 2.50 USD of order {order_id}" in refunded.stdout
 
     refused = manage(stripe_emulator, "refund_order", order_id, "--amount", "5000")
-    assert refused.returncode == 1 and "more than the 750 usd left" in refused.stderr
+    assert refused.returncode == 1 and "more than the 7.50 USD left" in refused.stderr
 
     cancelled = manage(stripe_emulator, "cancel_order", order_id, "--no-restock")
     assert cancelled.returncode == 0, cancelled.stderr
-    assert "refunded 750 usd (refund #2, succeeded)" in cancelled.stdout and "stock put back" not in cancelled.stdout
+    assert "refunded 7.50 USD (refund #2, succeeded)" in cancelled.stdout and "stock put back" not in cancelled.stdout
     assert stock(product) == (4, 0)
 
     not_paid = manage(stripe_emulator, "refund_order", order_id)

@@ -160,7 +160,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_changes_nothing(stripe_emul
     client, order_id = paid_order((make_product(price=1000), 1))
     with pytest.raises(RefundExceedsRemaining) as too_much:
         order_refund(order_id=order_id, amount=1001, reason="typo", actor="s")
-    assert "more than the 1000 usd left" in too_much.value.detail
+    assert "more than the 10.00 USD left" in too_much.value.detail
     with pytest.raises(OrderNotFound):
         order_refund(order_id="ord_nosuchorder", reason="x", actor="s")
 
