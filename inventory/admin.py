@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.money import money_format
 from cartflow.problems import DomainError
 from inventory.flashsale import flash_sale_start, flash_sale_stop
 from inventory.models import Product, Reservation, Stock, StockAdjustment
@@ -29,10 +30,20 @@ class StockInline(admin.StackedInline):
 
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
-    list_display = ("id", "sku", "name", "price", "currency", "active", "flash_sale")
+    list_display = ("id", "sku", "name", "price_", "active", "flash_sale")
     list_filter = ("active", "flash_sale", "currency")
     search_fields = ("sku", "name")
+    readonly_fields = ("price_shown",)
+    fields = ("sku", "name", ("price", "currency", "price_shown"), "active", "flash_sale")
     inlines = [StockInline]
+
+    @admin.display(description="price", ordering="price")
+    def price_(self, obj: Product) -> str:
+        return money_format(obj.price, obj.currency)
+
+    @admin.display(description="that is")
+    def price_shown(self, obj: Product) -> str:
+        return money_format(obj.price, obj.currency) if obj.pk else "-"
     actions = ["start_flash_sale", "stop_flash_sale"]
 
     @admin.action(description="Start flash sale (open a token pool of the available stock)")

@@ -218,3 +218,24 @@ def reservations_for_holder(*, holder: str, product_ids: Iterable[int] | None = 
         ReservationInfo(holder=holder, product_id=pid, quantity=q, status=status, expires_at=expires_at)
         for pid, q, status, expires_at in qs.values_list("product_id", "quantity", "status", "expires_at")
     ]
+
+
+@dataclass(frozen=True)
+class ReservationRow:
+    """One reservation as staff see it on an order's page (plain data: no model crosses into orders)."""
+
+    product_id: int
+    sku: str
+    quantity: int
+    status: str
+    expires_at: datetime
+    updated_at: datetime
+
+
+def reservations_of_holder(*, holder: str, limit: int = 50) -> tuple[list[ReservationRow], int]:
+    """The first ``limit`` reservations of one holder (a checkout id), in product-id order, and how many it has
+    in all. One query, and a count only when the rows fill ``limit``."""
+    qs = Reservation.objects.filter(holder=holder).order_by("product_id")
+    values = qs.values_list("product_id", "product__sku", "quantity", "status", "expires_at", "updated_at")
+    rows = [ReservationRow(*row) for row in values[:limit]]
+    return rows, (qs.count() if len(rows) == limit else len(rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.money import money_format
 from payments.models import DisputedPayment, Payment, PaymentAttempt, Refund, WebhookEvent
 from payments.reconciliation import payments_reconcile
 from payments.webhooks.handlers import webhook_event_process
@@ -26,17 +27,47 @@ class RefundInline(ReadOnlyAdminMixin, admin.TabularInline):
 
     model = Refund
     extra = 0
-    fields = ("seq", "amount", "status", "stripe_refund_id", "idempotency_key", "failure_reason", "created", "updated")
+    fields = ("seq", "amount_", "status", "stripe_refund_id", "idempotency_key", "failure_reason", "created", "updated")
     readonly_fields = fields
+
+    @admin.display(description="amount")
+    def amount_(self, obj: Refund) -> str:
+        return money_format(obj.amount, obj.payment.currency)
 
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("order_id", "intent_id", "status", "amount", "currency", "amount_refunded", "disputed", "updated")
+    list_display = ("order_id", "intent_id", "status", "amount_", "refunded_", "disputed", "updated")
     list_filter = ("status", "disputed", "currency")
     search_fields = ("order_id", "checkout_id", "intent_id")
+    fields = readonly_fields = (
+        "order_id",
+        "checkout_id",
+        "intent_id",
+        "status",
+        "amount_",
+        "refunded_",
+        "reserved_",
+        "refund_seq",
+        "disputed",
+        "order_cancelled_at",
+        "created",
+        "updated",
+    )
     inlines = [RefundInline, PaymentAttemptInline]
     actions = ["reconcile_selected"]
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_(self, obj: Payment) -> str:
+        return money_format(obj.amount, obj.currency)
+
+    @admin.display(description="refunded", ordering="amount_refunded")
+    def refunded_(self, obj: Payment) -> str:
+        return money_format(obj.amount_refunded, obj.currency)
+
+    @admin.display(description="taken by refunds (asked, pending or succeeded)", ordering="refund_reserved")
+    def reserved_(self, obj: Payment) -> str:
+        return money_format(obj.refund_reserved, obj.currency)
 
     @admin.action(description="Reconcile with Stripe now")
     def reconcile_selected(self, request, queryset) -> None:  # noqa: ANN001

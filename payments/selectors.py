@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import QuerySet
@@ -17,9 +18,10 @@ def payment_get_by_intent(*, intent_id: str) -> Payment | None:
     return Payment.objects.filter(intent_id=intent_id).first()
 
 
-def refunds_of_order(*, order_id: str) -> list[Refund]:
-    """The order's numbered refunds (payments/refunds.py), in order."""
-    return list(Refund.objects.filter(payment__order_id=order_id).order_by("seq"))
+def refunds_of_order(*, order_id: str, limit: int | None = None) -> list[Refund]:
+    """The order's numbered refunds (payments/refunds.py), in order; the first ``limit`` of them when given."""
+    qs = Refund.objects.filter(payment__order_id=order_id).order_by("seq")
+    return list(qs[:limit] if limit is not None else qs)
 
 
 def payments_to_reconcile(*, since: datetime | None = None, ids: list[int] | None = None) -> QuerySet[Payment]:
@@ -41,3 +43,28 @@ def authorizations_made_before(*, before: datetime) -> QuerySet[Payment]:
     first. The row is created by the first call that made the intent, so ``created`` is no later than the
     authorization: an age measured from it errs on the early side of Stripe's seven days."""
     return Payment.objects.filter(status="requires_capture", created__lt=before).order_by("created", "id")
+
+
+@dataclass(frozen=True)
+class WebhookEventRow:
+    """One stored Stripe event as staff see it on an order's page (plain data, without the payload)."""
+
+    id: int
+    event_id: str
+    type: str
+    status: str
+    attempts: int
+    received_at: datetime
+    processed_at: datetime | None
+    last_error: str
+
+
+def webhook_events_of_intent(*, intent_id: str, limit: int = 50) -> tuple[list[WebhookEventRow], int]:
+    """The first ``limit`` Stripe events about one PaymentIntent, oldest first (the order they arrived in),
+    and how many there are in all. One query, and a count only when the rows fill ``limit``."""
+    if not intent_id:
+        return [], 0
+    qs = WebhookEvent.objects.filter(intent_id=intent_id).order_by("received_at", "id")
+    values = qs.values_list("id", "event_id", "type", "status", "attempts", "received_at", "processed_at", "last_error")
+    rows = [WebhookEventRow(*row) for row in values[:limit]]
+    return rows, (qs.count() if len(rows) == limit else len(rows))

@@ -190,7 +190,7 @@ def test_order_search_by_payment_intent_and_links_to_reservations_and_webhooks(s
     assert by_email.status_code == 200
 
     page = staff.get(reverse("admin:orders_order_change", args=[order.pk])).content.decode()
-    assert mine in page and "payment_intent.created" not in page
+    assert mine in page and "evt_mine" in page and "evt_other" not in page  # its own events, on the page
     reservations_url = reverse("admin:inventory_reservation_changelist") + f"?holder={mine}"
     webhooks_url = reverse("admin:payments_webhookevent_changelist") + f"?intent_id={order.payment_intent_id}"
     assert reservations_url in page and webhooks_url in page

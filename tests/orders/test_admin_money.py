@@ -31,7 +31,9 @@ def test_the_refund_action_opens_the_form_and_its_submit_refunds_and_records_who
     form_url = reverse("admin:orders_order_refund", args=[order.pk])
     assert (chosen.status_code, chosen["Location"]) == (302, form_url)
     page = staff.get(form_url)
-    assert page.status_code == 200 and "left <strong>2000</strong>" in page.content.decode()
+    shown = page.content.decode()
+    assert page.status_code == 200 and 'left to refund <strong data-test="left">20.00 USD</strong>' in shown
+    assert "Left to refund: 20.00 USD (2000)" in shown  # the amount's help text: it is typed in minor units
 
     done = staff.post(form_url, {"amount": "750", "reason": "wrong size"}, follow=True)
     assert done.redirect_chain[-1][0] == reverse("admin:orders_order_change", args=[order.pk])

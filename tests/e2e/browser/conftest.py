@@ -6,11 +6,14 @@
   Stripe emulator, allowing ``second_origin`` by ``CARTFLOW_CORS_ALLOWED_ORIGINS``.
 - ``shop`` (function): ``shop_server`` with the emulator's webhooks aimed at it and the real Celery worker
   processing them, as in production: a 3-D Secure payment is settled by the webhook, not by the page.
+- ``chromium`` (module): Debian's Chromium (``/usr/bin/chromium``, scripts/chromium.sh) launched through
+  Playwright, never a browser build of Playwright's own; ``page`` (function): a fresh tab in a fresh context.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +21,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from payments.webhooks.handlers import HANDLED_EVENT_TYPES
+from tests.e2e.browser.support import WAIT_MS
 from tests.support.gunicorn import GunicornServer
 from tests.support.worker import ROOT
 
@@ -53,3 +57,30 @@ def shop(shop_server, stripe_emulator, celery_worker_process) -> Iterator[Gunico
     stripe_emulator.set_webhook_url(f"{shop_server.url}/api/webhooks/stripe", events=HANDLED_EVENT_TYPES)
     yield shop_server
     stripe_emulator.webhooks("resume")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (requirements.lock)")
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed: `make browser` installs it (scripts/chromium.sh)")
+    # While Playwright's sync API is started, its event loop counts as running in this thread, so Django would
+    # refuse every query of the test (and pytest-django's flush after it). They are plain synchronous queries.
+    with pytest.MonkeyPatch.context() as patch, sync_api.sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium) -> Iterator[object]:
+    from playwright.sync_api import expect  # the chromium fixture has made sure it is installed
+
+    expect.set_options(timeout=WAIT_MS)
+    context = chromium.new_context(viewport={"width": 1100, "height": 620})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    yield page
+    context.close()

@@ -9,9 +9,7 @@ docs/storefront.png is one of them.
 from __future__ import annotations
 
 import re
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,38 +18,12 @@ import pytest
 from inventory.flashsale import flash_sale_start
 from inventory.models import Product, Stock
 from orders.models import Order
+from tests.e2e.browser.support import SCREENSHOTS
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (requirements.lock)")
 expect = sync_api.expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-WAIT_MS = 30_000  # what a step may take on a loaded 2-core machine (a 3-D Secure webhook through the worker)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.skip("Debian's chromium is not installed: `make browser` installs it (scripts/chromium.sh)")
-    # While Playwright's sync API is started, its event loop counts as running in this thread, so Django would
-    # refuse every query of the test (and pytest-django's flush after it). They are plain synchronous queries.
-    with pytest.MonkeyPatch.context() as patch, sync_api.sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=executable)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium) -> Iterator[object]:
-    expect.set_options(timeout=WAIT_MS)
-    context = chromium.new_context(viewport={"width": 1100, "height": 620})
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    yield page
-    context.close()
 
 
 class Shopper:
