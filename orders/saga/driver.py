@@ -388,7 +388,8 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
         fields: dict[str, Any] = {"compensate_to": to}
         if code:
             fields.update(last_error_code=code[:64], last_error_message=message[:2000])
-        save(saga, log=[("compensate", to, {"reason": code})], **fields)
+        # The same reason seen again (the expiry sweep and recovery both find the hold lapsed) is one event.
+        save(saga, log=[("compensate", to, {"reason": code})], log_once=True, **fields)
     if saga.order_id is not None:
         if not saga.payment_intent_id and pending(saga, "charge"):
             settle_charge(saga)  # a create-and-confirm may have charged: learn it (raises if Stripe is away)

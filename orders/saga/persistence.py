@@ -173,11 +173,14 @@ def save(
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
     release_lease: bool = False,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """The saga's ``fields``, its ``log`` rows and (if the saga has an order) ``order`` and the outbound
     ``event`` about it, in one statement. ``release_lease``: this is the request's last write, and it gives
-    the lease up."""
+    the lease up. ``log_once``: the rows record news that may come more than once (Stripe's answer, then the
+    webhook, reconciliation, recovery): a row the saga's log already has (same step, outcome and details,
+    which name the attempt) is not written again."""
     writes, returning = [], []
     if saga.order_id is not None:
         if order is not None:
@@ -185,14 +188,16 @@ def save(
         if event is not None:
             returning.append(f"(SELECT id FROM a{len(writes)})")
             writes.append(_event_insert(saga, event, from_update="a0" if order is not None else None))
-    returned = _save(saga, fields, log, release_lease=release_lease, writes=writes, returning=returning)
+    returned = _save(
+        saga, fields, log, release_lease=release_lease, writes=writes, returning=returning, log_once=log_once
+    )
     if returned:
         event_announce_on_commit(returned[0])
 
 
-def save_about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
+def save_about_to(saga: CheckoutSaga, step: str, *, details: dict[str, Any] | None = None, **fields: Any) -> None:
     """Persist "about to <step>", before the step's side effect."""
-    save(saga, log=[(step, ABOUT_TO, None)], step=step, step_status=ABOUT_TO, **fields)
+    save(saga, log=[(step, ABOUT_TO, details)], step=step, step_status=ABOUT_TO, **fields)
 
 
 def save_done(
@@ -203,6 +208,7 @@ def save_done(
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
     release_lease: bool = False,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """Persist "<step> done", after the step's side effect, with what it changed on the order (and the
@@ -213,6 +219,7 @@ def save_done(
         order=order,
         event=event,
         release_lease=release_lease,
+        log_once=log_once,
         step=step,
         step_status=DONE,
         **fields,
@@ -228,11 +235,14 @@ def save_outcome(
     details: dict[str, Any] | None = None,
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """``step`` ended ``failed`` or ``indeterminate`` (its outcome is unknown until Stripe says). The saga's
     own ``step`` field is left as it is unless ``fields`` set it."""
-    save(saga, log=[(step, outcome, details)], order=order, event=event, step_status=outcome, **fields)
+    save(
+        saga, log=[(step, outcome, details)], order=order, event=event, log_once=log_once, step_status=outcome, **fields
+    )
 
 
 def save_order_created(
@@ -449,6 +459,7 @@ def _save(
     writes: Sequence[_Cte] = (),
     returning: Sequence[str] = (),
     set_sql: dict[str, str] | None = None,
+    log_once: bool = False,
 ) -> list[Any]:
     """Write, renewing the lease unless this write takes or gives it up; the in-memory saga follows."""
     now = timezone.now()
@@ -457,7 +468,15 @@ def _save(
     if saga.lease_owner and "lease_owner" not in fields:
         fields = {**fields, "lease_expires_at": now + lease_length()}
     matched, returned = _statement(
-        saga, fields=fields, log=log, now=now, head=head, writes=writes, returning=returning, set_sql=set_sql
+        saga,
+        fields=fields,
+        log=log,
+        now=now,
+        head=head,
+        writes=writes,
+        returning=returning,
+        set_sql=set_sql,
+        log_once=log_once,
     )
     if not matched:
         raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
@@ -477,6 +496,7 @@ def _statement(
     writes: Sequence[_Cte] = (),
     returning: Sequence[str] = (),
     set_sql: dict[str, str] | None = None,
+    log_once: bool = False,
 ) -> tuple[bool, list[Any]]:
     """``WITH [head,] s AS (UPDATE saga …), l AS (INSERT log rows), a0 AS (write), … SELECT matched, …``.
 
@@ -499,7 +519,7 @@ def _statement(
     )
     params = [*prefix_params, *params, saga.pk, saga.version]
     if log:
-        log_sql, log_params = _log_rows(log, now)
+        log_sql, log_params = _log_rows(log, now, once=log_once)
         sql += ", " + log_sql
         params += log_params
     for n, write in enumerate(writes):
@@ -512,15 +532,23 @@ def _statement(
     return row[0] == 1, list(row[1:])
 
 
-def _log_rows(rows: Sequence[LogRow], now: datetime) -> tuple[str, list[Any]]:
+def _log_rows(rows: Sequence[LogRow], now: datetime, *, once: bool = False) -> tuple[str, list[Any]]:
     """``l AS (INSERT …)``: the log rows of the saga that CTE ``s`` returns (none when ``s`` is empty).
-    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id)."""
+    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id). ``once``: only rows
+    the saga's log does not hold yet (see :func:`save`)."""
     details = SagaStep._meta.get_field("details")
+    table = connection.ops.quote_name(SagaStep._meta.db_table)
     values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    new = (
+        f" WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.saga_id = s.id AND x.step = v.step "  # noqa: S608
+        "AND x.outcome = v.outcome AND x.details = v.details::jsonb)"
+        if once
+        else ""
+    )
     sql = (
-        f"l AS (INSERT INTO {connection.ops.quote_name(SagaStep._meta.db_table)} (saga_id, step, outcome, details, at) "
+        f"l AS (INSERT INTO {table} (saga_id, step, outcome, details, at) "  # noqa: S608 - names from _meta
         f"SELECT s.id, v.step, v.outcome, v.details, %s FROM s CROSS JOIN (VALUES {values}) "
-        "AS v(n, step, outcome, details) ORDER BY v.n)"
+        f"AS v(n, step, outcome, details){new} ORDER BY v.n)"
     )
     params: list[Any] = [now]
     for n, (step, outcome, step_details) in enumerate(rows):
