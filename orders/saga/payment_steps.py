@@ -47,6 +47,7 @@ from payments.gateway import (
     refund_create,
 )
 from payments.interface import IntentResult
+from payments.services import payment_sync_from_intent
 
 log = structlog.get_logger("cartflow.checkout")
 S = CheckoutSaga.State
@@ -177,9 +178,14 @@ def _charge_call(saga: CheckoutSaga) -> IntentResult:
 def settle_charge(saga: CheckoutSaga) -> None:
     """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now: retrieved when
     the saga knows it, else by replaying the attempt's create-and-confirm (same key, same parameters), which
-    returns what the first call did."""
+    returns what the first call did.
+
+    A replay is recorded on the order's Payment row by the gateway like every write; a read is not, so what
+    it learnt is recorded here, before the saga acts on it: whoever settles the saga (the confirm's answer,
+    the webhook, recovery) leaves the Payment row saying what the PaymentIntent says."""
     if saga.payment_intent_id:
         intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
+        payment_sync_from_intent(intent=intent)
     elif not saga.charge_params:
         intent = None
     else:
