@@ -458,8 +458,13 @@ def saga_resume(*, saga_id: int) -> CheckoutSaga:
         return saga
 
 
-def saga_compensate(*, saga_id: int, to: str = "failed", reason: str = "compensated by an operator") -> CheckoutSaga:
-    """Admin "compensate": undo a non-confirmed saga through the same compensation code."""
+def saga_compensate(*, saga_id: int, to: str = S.CANCELLED, reason: str = "compensated by an operator") -> CheckoutSaga:
+    """Admin "compensate": undo a non-confirmed saga through the same compensation code.
+
+    An operator giving up on a checkout cancels it, as a buyer's cancel does (``to``, ``cancelled``):
+    ``failed`` is for the saga's own failures. A saga already compensating keeps the end it was going to
+    (``compensate_to``: ``failed`` when the stock was gone after payment, ``expired`` when its hold lapsed);
+    the operator only finishes it."""
     with driving(saga_id) as saga:
         if pending(saga, "charge"):
             settle_charge(saga)
