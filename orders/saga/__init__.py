@@ -31,6 +31,7 @@ file imports nothing, so the modules may import each other through the package w
     lease.py           one process drives a saga at a time
     stuck.py           which sagas are stuck (what recovery resumes), why, and since when (the admin's list)
     persistence.py     every write: one version-checked statement, with the step's order and outbox writes
+    insertion.py       the saga's birth: one INSERT with its first log rows and the hold caps' guard
     crashpoints.py     where tests make the process die
 
 Rules every step follows:

@@ -44,9 +44,10 @@ from orders.models import CheckoutSaga, Outbox, new_checkout_id
 from orders.outbound.events import order_event
 from orders.saga import hold_caps, lease, payment_steps, steps
 from orders.saga.hold_caps import HoldsRefused
+from orders.saga.insertion import Inserted, insert_saga
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
 from orders.saga.lease import driving
-from orders.saga.persistence import ABOUT_TO, DONE, Inserted, insert_saga, lease_length, save
+from orders.saga.persistence import ABOUT_TO, DONE, lease_length, save
 from orders.saga.steps import CompensationRequired, pending
 from orders.saga.stuck import sagas_stuck
 
