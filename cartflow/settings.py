@@ -130,8 +130,11 @@ TEMPLATES = [
 # DATABASE_URL, else local PostgreSQL, else embedded (cartflow/servicefinder.py).
 # CARTFLOW_DB_CONN_MAX_AGE: persistent connections (seconds).
 # CARTFLOW_DB_HEALTH_CHECKS: a SELECT 1 before a reused connection's first query in each request.
-# CARTFLOW_DB_SERVER_SIDE_BINDING: parameters sent apart from the SQL, and statements a connection runs
-# often prepared once (psycopg's prepare_threshold).
+# CARTFLOW_DB_SERVER_SIDE_BINDING (on): parameters sent apart from the SQL text, which is what lets
+# CARTFLOW_DB_PREPARE_THRESHOLD (5) work: a statement a connection has run that many times is prepared once
+# and then only executed, so PostgreSQL stops parsing and planning it on every checkout (a third of its CPU
+# per start, docs/performance.md). 0 never prepares: for a pooler in transaction mode that cannot keep
+# prepared statements (docs/deploy.md).
 DATABASES = {
     "default": dj_database_url.parse(
         servicefinder.database_url(),
@@ -141,8 +144,10 @@ DATABASES = {
 }
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
-if env_bool("CARTFLOW_DB_SERVER_SIDE_BINDING", False):
+if env_bool("CARTFLOW_DB_SERVER_SIDE_BINDING", True):
     DATABASES["default"]["OPTIONS"]["server_side_binding"] = True
+    # Django passes None (never prepare) unless told; psycopg's own default is 5.
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = env_int("CARTFLOW_DB_PREPARE_THRESHOLD", 5) or None
 # Short transactions only: no ATOMIC_REQUESTS (docs/architecture.md, "Layout").
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
@@ -20,29 +20,28 @@ from orders.admin_display import webhooks_link as _webhooks_link
 from orders.models import CheckoutSaga, Outbox, SagaStep
 from orders.outbound import admin as outbound_admin  # noqa: F401 - registers the outbound webhook pages
 from orders.saga import driver as saga_services
+from orders.saga import stuck as saga_stuck
 
 # --- sagas -------------------------------------------------------------------------------------------
 
 
 class StuckFilter(admin.SimpleListFilter):
-    """What ``recover_sagas`` would pick up (lease lapsed mid-step, hold past expiry, left unattended),
-    plus sagas waiting for a human decision."""
+    """What ``recover_sagas`` would pick up (lease lapsed mid-step, hold past expiry, a charge whose outcome is
+    unknown, left half-way), sagas whose PaymentIntent has a parked webhook event, and sagas waiting for a
+    human decision: all of them, or those stuck for one reason (orders/saga/stuck.py)."""
 
     title = "stuck"
     parameter_name = "stuck"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [
-            ("yes", "stuck (lease lapsed, past expiry, or needs a human)"),
-            ("human", "needs a human"),
-        ]
+        return [("yes", "stuck (any reason)"), *saga_stuck.REASONS]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "yes":
-            stuck = saga_services.sagas_stuck().values("pk")
-            return queryset.filter(Q(pk__in=stuck) | Q(requires_human=True))
-        if self.value() == "human":
-            return queryset.filter(requires_human=True)
+        value = "needs_human" if self.value() == "human" else self.value()  # "human": the filter's old name
+        if value == "yes":
+            return queryset.filter(pk__in=saga_stuck.sagas_needing_attention().values("pk"))
+        if value in dict(saga_stuck.REASONS):
+            return queryset.filter(pk__in=saga_stuck.sagas_stuck_for(value))
         return queryset
 
 
@@ -61,6 +60,8 @@ class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "state",
         "step",
         "step_status",
+        "why_stuck",
+        "stuck_since",
         "compensate_to",
         "requires_human",
         "last_error_code",
@@ -75,6 +76,24 @@ class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     inlines = [SagaStepInline]
     actions = ["resume", "compensate"]
     list_select_related = ("order",)
+
+    def get_changelist_instance(self, request: HttpRequest):  # noqa: ANN201
+        """Why each saga on the page is stuck, read for the whole page at once (two queries)."""
+        changelist = super().get_changelist_instance(request)
+        reasons = saga_stuck.stuck_reasons(changelist.result_list)
+        for saga in changelist.result_list:
+            saga.stuck_reason = reasons.get(saga.pk)
+        return changelist
+
+    @admin.display(description="why stuck")
+    def why_stuck(self, obj: CheckoutSaga) -> str:
+        reason = getattr(obj, "stuck_reason", None)
+        return reason.text if reason else "-"
+
+    @admin.display(description="stuck since (UTC)")
+    def stuck_since(self, obj: CheckoutSaga) -> str:
+        reason = getattr(obj, "stuck_reason", None)
+        return reason.since.isoformat(timespec="seconds") if reason else "-"
 
     @admin.display(description="reservations")
     def reservations(self, obj: CheckoutSaga) -> SafeString:

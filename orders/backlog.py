@@ -1,6 +1,6 @@
 """What waits for the background jobs, read from PostgreSQL when /metrics is scraped (cartflow/metrics.py).
 
-- ``cartflow_sagas_stuck``: the sagas ``recover_sagas`` would pick up now (orders/saga/driver.py,
+- ``cartflow_sagas_stuck``: the sagas ``recover_sagas`` would pick up now (orders/saga/stuck.py,
   ``sagas_stuck``): a lease that lapsed mid-step, a hold past its expiry nothing compensated, a saga left
   half-way. Counted over the partial index of active sagas (``saga_active_lease``), so its cost follows the
   checkouts under way, not the table.
@@ -22,7 +22,7 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
 from orders.models import Outbox
-from orders.saga.driver import sagas_stuck
+from orders.saga.stuck import sagas_stuck
 
 log = structlog.get_logger("cartflow.metrics")
 

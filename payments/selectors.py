@@ -45,6 +45,24 @@ def authorizations_made_before(*, before: datetime) -> QuerySet[Payment]:
     return Payment.objects.filter(status="requires_capture", created__lt=before).order_by("created", "id")
 
 
+_UNSETTLED = (WebhookEvent.PARKED, WebhookEvent.FAILED)
+
+
+def webhook_intents_unsettled() -> QuerySet[WebhookEvent]:
+    """The PaymentIntent ids that have a webhook event parked (retries exhausted) or failed (a bug), as a
+    ``values_list`` a caller may filter by (``intent_id__in=``): the news about them waits for staff."""
+    return WebhookEvent.objects.filter(status__in=_UNSETTLED).exclude(intent_id="").values_list("intent_id", flat=True)
+
+
+def webhook_events_unsettled(*, intent_ids: list[str]) -> list[WebhookEvent]:
+    """The parked or failed webhook events of these PaymentIntents, oldest first."""
+    if not intent_ids:
+        return []
+    return list(
+        WebhookEvent.objects.filter(status__in=_UNSETTLED, intent_id__in=intent_ids).order_by("received_at", "id")
+    )
+
+
 @dataclass(frozen=True)
 class WebhookEventRow:
     """One stored Stripe event as staff see it on an order's page (plain data, without the payload)."""

@@ -29,7 +29,9 @@ file imports nothing, so the modules may import each other through the package w
     authorizations.py  the beat task that captures or voids authorizations left uncaptured too long
     listeners.py       what inventory (hold expired, keep the hold?) and payments (an intent changed) call
     lease.py           one process drives a saga at a time
+    stuck.py           which sagas are stuck (what recovery resumes), why, and since when (the admin's list)
     persistence.py     every write: one version-checked statement, with the step's order and outbox writes
+    insertion.py       the saga's birth: one INSERT with its first log rows and the hold caps' guard
     crashpoints.py     where tests make the process die
 
 Rules every step follows:

@@ -7,7 +7,8 @@
     checkout_cancel           compensate to cancelled
     saga_resume               whatever was left: settle, confirm, compensate (recovery, admin)
     saga_compensate           compensate                                   (admin)
-    saga_recover              saga_resume for every stuck saga             (beat, ``recover_sagas``)
+    saga_recover              saga_resume for every stuck saga             (beat, ``recover_sagas``;
+                                                                           which are stuck: orders/saga/stuck.py)
 
 Each runs while holding the saga's lease (orders/saga/lease.py). :func:`compensate` undoes a saga in
 reverse order: refund or cancel_payment_intent (which voids an authorization) → cancel_order → release.
@@ -25,7 +26,6 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from cart.services import CartSnapshot, cart_snapshot
@@ -44,10 +44,12 @@ from orders.models import CheckoutSaga, Outbox, new_checkout_id
 from orders.outbound.events import order_event
 from orders.saga import hold_caps, lease, payment_steps, steps
 from orders.saga.hold_caps import HoldsRefused
+from orders.saga.insertion import Inserted, insert_saga
 from orders.saga.intent_outcome import IntentOutcome, intent_outcome
 from orders.saga.lease import driving
-from orders.saga.persistence import ABOUT_TO, DONE, INDETERMINATE, Inserted, insert_saga, lease_length, save
+from orders.saga.persistence import ABOUT_TO, DONE, lease_length, save
 from orders.saga.steps import CompensationRequired, pending
+from orders.saga.stuck import sagas_stuck
 
 log = structlog.get_logger("cartflow.checkout")
 S = CheckoutSaga.State
@@ -388,7 +390,8 @@ def compensate(saga: CheckoutSaga, *, to: str, code: str = "", message: str = ""
         fields: dict[str, Any] = {"compensate_to": to}
         if code:
             fields.update(last_error_code=code[:64], last_error_message=message[:2000])
-        save(saga, log=[("compensate", to, {"reason": code})], **fields)
+        # The same reason seen again (the expiry sweep and recovery both find the hold lapsed) is one event.
+        save(saga, log=[("compensate", to, {"reason": code})], log_once=True, **fields)
     if saga.order_id is not None:
         if not saga.payment_intent_id and pending(saga, "charge"):
             settle_charge(saga)  # a create-and-confirm may have charged: learn it (raises if Stripe is away)
@@ -457,8 +460,13 @@ def saga_resume(*, saga_id: int) -> CheckoutSaga:
         return saga
 
 
-def saga_compensate(*, saga_id: int, to: str = "failed", reason: str = "compensated by an operator") -> CheckoutSaga:
-    """Admin "compensate": undo a non-confirmed saga through the same compensation code."""
+def saga_compensate(*, saga_id: int, to: str = S.CANCELLED, reason: str = "compensated by an operator") -> CheckoutSaga:
+    """Admin "compensate": undo a non-confirmed saga through the same compensation code.
+
+    An operator giving up on a checkout cancels it, as a buyer's cancel does (``to``, ``cancelled``):
+    ``failed`` is for the saga's own failures. A saga already compensating keeps the end it was going to
+    (``compensate_to``: ``failed`` when the stock was gone after payment, ``expired`` when its hold lapsed);
+    the operator only finishes it."""
     with driving(saga_id) as saga:
         if pending(saga, "charge"):
             settle_charge(saga)
@@ -468,22 +476,6 @@ def saga_compensate(*, saga_id: int, to: str = "failed", reason: str = "compensa
             )
         compensate(saga, to=saga.compensate_to or to, code="operator", message=reason)
         return saga
-
-
-def sagas_stuck(*, now: datetime | None = None) -> QuerySet[CheckoutSaga]:
-    """Non-terminal sagas whose lease lapsed mid-work, or whose hold is past expiry, or left unattended."""
-    now = now or timezone.now()
-    lapsed = Q(lease_owner__gt="", lease_expires_at__lt=now)
-    unattended = Q(lease_owner="") & (
-        Q(state__in=[S.RESERVED, S.PAID])
-        | Q(compensate_to__gt="")
-        | Q(step_status__in=[ABOUT_TO, INDETERMINATE])
-        | Q(state__in=[S.AWAITING_PAYMENT, S.REQUIRES_ACTION], expires_at__lt=now)
-    )
-    # A confirmed saga is the outbox's to finish; it is stuck only if a process died holding its lease.
-    return CheckoutSaga.objects.exclude(state__in=CheckoutSaga.TERMINAL).filter(
-        lapsed | (unattended & ~Q(state=S.CONFIRMED))
-    )
 
 
 def saga_recover(*, now: datetime | None = None, limit: int = 200) -> dict[str, int]:

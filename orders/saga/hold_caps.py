@@ -13,7 +13,7 @@ nothing to mint, so it is no identity for a cap. Held means an unfinished checko
 Where each is checked, cheapest first: one cart's own lines before anything is taken
 (:func:`check_cart_lines`, no query; flash-sale lines in the take script, inventory/flashsale.py, before a
 token moves); the client's other checkouts by the saga's INSERT itself (:class:`HoldGuard`, built into
-``insert_saga`` in orders/saga/persistence.py), so a cap costs the start no statement.
+``insert_saga`` in orders/saga/insertion.py), so a cap costs the start no statement.
 
 Concurrency: the INSERT gives the new checkout a *hold slot*, the lowest number its client's unfinished
 checkouts do not use (below the cap), and a partial unique index allows each slot once per client. Two starts

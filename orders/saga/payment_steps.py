@@ -47,6 +47,7 @@ from payments.gateway import (
     refund_create,
 )
 from payments.interface import IntentResult
+from payments.services import payment_sync_from_intent
 
 log = structlog.get_logger("cartflow.checkout")
 S = CheckoutSaga.State
@@ -124,7 +125,16 @@ def charge(saga: CheckoutSaga, *, method: dict[str, str | None]) -> None:
     retry after a decline, or after ``/payment-intent``), confirm it. Every attempt has its own Stripe
     idempotency key (order + attempt) and persists what it pays with before the call, so a lost answer is
     replayed exactly; one PaymentIntent per order means at most one capture whatever happens."""
-    about_to(saga, "charge", attempt=saga.attempt + 1, charge_params=method, last_error_code="", last_error_message="")
+    attempt = saga.attempt + 1
+    about_to(
+        saga,
+        "charge",
+        details={"attempt": attempt},
+        attempt=attempt,
+        charge_params=method,
+        last_error_code="",
+        last_error_message="",
+    )
     try:
         intent = _charge_call(saga)
     except PaymentProviderBusy:
@@ -168,9 +178,14 @@ def _charge_call(saga: CheckoutSaga) -> IntentResult:
 def settle_charge(saga: CheckoutSaga) -> None:
     """An unknown charge outcome is settled only by the PaymentIntent as Stripe has it now: retrieved when
     the saga knows it, else by replaying the attempt's create-and-confirm (same key, same parameters), which
-    returns what the first call did."""
+    returns what the first call did.
+
+    A replay is recorded on the order's Payment row by the gateway like every write; a read is not, so what
+    it learnt is recorded here, before the saga acts on it: whoever settles the saga (the confirm's answer,
+    the webhook, recovery) leaves the Payment row saying what the PaymentIntent says."""
     if saga.payment_intent_id:
         intent = payment_intent_retrieve(intent_id=saga.payment_intent_id)
+        payment_sync_from_intent(intent=intent)
     elif not saga.charge_params:
         intent = None
     else:
@@ -185,7 +200,8 @@ def settle_charge(saga: CheckoutSaga) -> None:
             saga,
             "charge",
             FAILED,
-            details={"settled": intent.status if intent else "not_sent"},
+            details={"settled": intent.status if intent else "not_sent", "attempt": saga.attempt},
+            log_once=True,
             state=S.AWAITING_PAYMENT,
             **(intent_link(saga, intent) if intent is not None else {}),
         )
@@ -203,7 +219,10 @@ def intent_link(saga: CheckoutSaga, intent: IntentResult) -> dict[str, Any]:
 def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: bool) -> None:
     """Move the saga forward to what the PaymentIntent says (never backwards). A saga that did not know
     its PaymentIntent yet (the first create-and-confirm) records it in the same write. Raises
-    PaymentDeclined (``raise_decline``) and CompensationRequired (the intent was canceled)."""
+    PaymentDeclined (``raise_decline``) and CompensationRequired (the intent was canceled).
+
+    The same news comes more than once (the confirm's answer, then the webhook, reconciliation, recovery's
+    re-read): each outcome is logged once per attempt (``log_once``), a later attempt gets its own row."""
     link = intent_link(saga, intent)
     match intent_outcome(intent):
         case IntentOutcome.PAID | IntentOutcome.AUTHORIZED:
@@ -213,7 +232,8 @@ def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: boo
             done(
                 saga,
                 "charge",
-                details={"status": intent.status},
+                details={"status": intent.status, "attempt": saga.attempt},
+                log_once=True,
                 order=order_records_intent(intent),
                 state=S.REQUIRES_ACTION,
                 next_action=intent.next_action,
@@ -240,7 +260,8 @@ def apply_intent(saga: CheckoutSaga, intent: IntentResult, *, raise_decline: boo
                 saga,
                 "charge",
                 INDETERMINATE,
-                details={"status": intent.status},
+                details={"status": intent.status, "attempt": saga.attempt},
+                log_once=True,
                 order=order_records_intent(intent) if link else None,
                 **link,
             )
@@ -251,7 +272,7 @@ def record_paid(saga: CheckoutSaga, intent: IntentResult, **link: Any) -> None:
     ``requires_capture``). Every caller confirms a paid saga next, so "about to confirm" rides on it, unless
     the saga is compensating."""
     crash_point("charge:after")
-    log_rows = [("charge", DONE, {"status": intent.status})]
+    log_rows = [("charge", DONE, {"status": intent.status, "attempt": saga.attempt})]
     step = {"step": "charge", "step_status": DONE}
     if not saga.compensate_to:
         log_rows.append(("confirm", ABOUT_TO, None))
@@ -282,13 +303,15 @@ def _record_decline(
     charge_id: str | None = None,
     **link: Any,
 ) -> None:
-    """The charge failed and the checkout stays open; ``payment.failed`` goes out once per failed charge
-    (Stripe's charge id, else the attempt), however many times the decline is seen (answer, webhook)."""
+    """The charge failed and the checkout stays open; ``payment.failed`` goes out, and "charge failed" is
+    logged, once per failed charge (Stripe's charge id, else the attempt), however many times the decline is
+    seen (answer, webhook, reconciliation, recovery)."""
     save_outcome(
         saga,
         "charge",
         FAILED,
-        details={"declineCode": code},
+        details={"declineCode": code, "attempt": saga.attempt, **({"charge": charge_id} if charge_id else {})},
+        log_once=True,
         order=order,
         event=order_event("payment.failed", key=f"payment.failed:{charge_id or f'attempt-{saga.attempt}'}"),
         step="charge",
@@ -307,7 +330,7 @@ def _record_method_invalid(saga: CheckoutSaga, exc: PaymentMethodInvalid) -> Non
         saga,
         "charge",
         FAILED,
-        details={"error": PaymentMethodInvalid.code},
+        details={"error": PaymentMethodInvalid.code, "attempt": saga.attempt},
         order=order_records_intent(intent) if intent is not None else None,
         step="charge",
         last_error_code=PaymentMethodInvalid.code,

@@ -19,19 +19,17 @@ its own by :func:`order_change`.
 
 from __future__ import annotations
 
-import contextlib
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from orders.errors import CheckoutInProgress
-from orders.models import HOLD_SLOT_INDEX, CheckoutSaga, Order, OrderLine, Outbox, SagaStep
+from orders.models import CheckoutSaga, Order, OrderLine, Outbox, SagaStep
 from orders.outbound.events import (
     OrderEvent,
     event_announce_on_commit,
@@ -39,7 +37,6 @@ from orders.outbound.events import (
     order_event,
     order_table_source,
 )
-from orders.saga.hold_caps import HoldGuard, HoldsRefused
 from payments.interface import IntentResult
 
 ABOUT_TO, DONE, INDETERMINATE, FAILED = "about_to", "done", "indeterminate", "failed"
@@ -173,11 +170,14 @@ def save(
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
     release_lease: bool = False,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """The saga's ``fields``, its ``log`` rows and (if the saga has an order) ``order`` and the outbound
     ``event`` about it, in one statement. ``release_lease``: this is the request's last write, and it gives
-    the lease up."""
+    the lease up. ``log_once``: the rows record news that may come more than once (Stripe's answer, then the
+    webhook, reconciliation, recovery): a row the saga's log already has (same step, outcome and details,
+    which name the attempt) is not written again."""
     writes, returning = [], []
     if saga.order_id is not None:
         if order is not None:
@@ -185,14 +185,16 @@ def save(
         if event is not None:
             returning.append(f"(SELECT id FROM a{len(writes)})")
             writes.append(_event_insert(saga, event, from_update="a0" if order is not None else None))
-    returned = _save(saga, fields, log, release_lease=release_lease, writes=writes, returning=returning)
+    returned = _save(
+        saga, fields, log, release_lease=release_lease, writes=writes, returning=returning, log_once=log_once
+    )
     if returned:
         event_announce_on_commit(returned[0])
 
 
-def save_about_to(saga: CheckoutSaga, step: str, **fields: Any) -> None:
+def save_about_to(saga: CheckoutSaga, step: str, *, details: dict[str, Any] | None = None, **fields: Any) -> None:
     """Persist "about to <step>", before the step's side effect."""
-    save(saga, log=[(step, ABOUT_TO, None)], step=step, step_status=ABOUT_TO, **fields)
+    save(saga, log=[(step, ABOUT_TO, details)], step=step, step_status=ABOUT_TO, **fields)
 
 
 def save_done(
@@ -203,6 +205,7 @@ def save_done(
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
     release_lease: bool = False,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """Persist "<step> done", after the step's side effect, with what it changed on the order (and the
@@ -213,6 +216,7 @@ def save_done(
         order=order,
         event=event,
         release_lease=release_lease,
+        log_once=log_once,
         step=step,
         step_status=DONE,
         **fields,
@@ -228,11 +232,14 @@ def save_outcome(
     details: dict[str, Any] | None = None,
     order: OrderChange | None = None,
     event: OrderEvent | None = None,
+    log_once: bool = False,
     **fields: Any,
 ) -> None:
     """``step`` ended ``failed`` or ``indeterminate`` (its outcome is unknown until Stripe says). The saga's
     own ``step`` field is left as it is unless ``fields`` set it."""
-    save(saga, log=[(step, outcome, details)], order=order, event=event, step_status=outcome, **fields)
+    save(
+        saga, log=[(step, outcome, details)], order=order, event=event, log_once=log_once, step_status=outcome, **fields
+    )
 
 
 def save_order_created(
@@ -307,96 +314,6 @@ def save_confirmed(saga: CheckoutSaga, *, release_lease: bool = False) -> int:
     return outbox_id
 
 
-class Inserted(enum.Enum):
-    SAGA = "saga"  # the saga is written
-    CART_HAS_ONE = "cart_has_one"  # the cart's one-active-checkout index holds another
-    SLOT_TAKEN = "slot_taken"  # a parallel start of the same client took the same hold slot: count again
-
-
-def insert_saga(
-    saga: CheckoutSaga, *, log: Sequence[LogRow], guard: HoldGuard | None = None
-) -> Inserted | HoldsRefused:
-    """INSERT the saga (born holding its lease) and its first log rows as one statement; Django's field code
-    fills in the defaults and ``auto_now`` fields.
-
-    ``guard``: the hold caps (orders/saga/hold_caps.py), checked by the same statement against the client's
-    unfinished checkouts: ``INSERT … SELECT … FROM slot WHERE`` a slot is free and no line is over its limit.
-    It writes nothing and answers :class:`HoldsRefused` when a cap is reached."""
-    quote = connection.ops.quote_name
-    fields = [f for f in CheckoutSaga._meta.concrete_fields if not f.primary_key]
-    params: list[Any] = [f.get_db_prep_save(f.pre_save(saga, True), connection) for f in fields]
-    placeholders = ["%s"] * len(fields)
-    if guard is None:
-        guard_sql, guard_params, row, answers, answer_params = "", [], f"VALUES ({', '.join(placeholders)})", "", []
-    else:
-        guard_sql, guard_params = _hold_guard_ctes(guard)
-        slot = [f.name for f in fields].index("hold_slot")
-        placeholders[slot] = "slot.n"
-        del params[slot]
-        row = f"SELECT {', '.join(placeholders)} FROM slot WHERE slot.n IS NOT NULL"
-        over = "NULL, NULL"
-        if guard.lines:
-            row += " AND NOT EXISTS (SELECT 1 FROM over)"
-            over = "(SELECT product_id FROM over), (SELECT lim FROM over)"
-        answers = f", {over}, (SELECT min(coalesce(expires_at, created_at + %s * interval '1 second')) FROM c)"
-        answer_params = [settings.CARTFLOW_RESERVATION_TTL_SECONDS]
-    log_sql, log_params = _log_rows(log, saga.created_at)
-    sql = (
-        f"WITH {guard_sql}s AS (INSERT INTO {quote(CheckoutSaga._meta.db_table)} "  # noqa: S608 - names from _meta
-        f"({', '.join(quote(f.column) for f in fields)}) {row} RETURNING id, hold_slot), "
-        f"{log_sql} SELECT (SELECT id FROM s), (SELECT hold_slot FROM s){answers}"
-    )
-    try:
-        # Inside a caller's transaction (tests), a savepoint keeps a lost insert from poisoning it.
-        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with connection.cursor() as cursor:
-                cursor.execute(sql, guard_params + params + log_params + answer_params)
-                answer = cursor.fetchone()
-    except IntegrityError as exc:
-        index = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
-        return Inserted.SLOT_TAKEN if index == HOLD_SLOT_INDEX else Inserted.CART_HAS_ONE
-    if answer[0] is None and guard is not None:
-        return HoldsRefused(guard=guard, product_id=answer[2], limit=answer[3], oldest_expiry=answer[4])
-    saga.pk, saga.hold_slot = answer[0], answer[1]
-    saga._state.adding = False
-    saga._state.db = connection.alias
-    return Inserted.SAGA
-
-
-def _hold_guard_ctes(guard: HoldGuard) -> tuple[str, list[Any]]:
-    """``c``: the client's unfinished checkouts (by the hold-slot index); ``slot``: the lowest slot none of them
-    holds, NULL when the client holds ``max_active`` already; ``over``: the first capped line that, with the
-    client's units of that product, goes past its limit."""
-    quote = connection.ops.quote_name
-    states = ", ".join(["%s"] * len(CheckoutSaga.HOLDING))
-    params: list[Any] = [guard.client_key, *CheckoutSaga.HOLDING]
-    sql = (
-        f"c AS (SELECT hold_slot, expires_at, created_at, lines FROM {quote(CheckoutSaga._meta.db_table)} "  # noqa: S608
-        f"WHERE client_key = %s AND state IN ({states})), "
-    )
-    if guard.max_active:
-        sql += (
-            "slot AS (SELECT min(g) AS n FROM generate_series(0, %s - 1) AS g "
-            "WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.hold_slot = g) AND (SELECT count(*) FROM c) < %s), "
-        )
-        params += [guard.max_active, guard.max_active]
-    else:  # no cap on their number: a slot still serializes the client's parallel starts (units)
-        sql += (
-            "slot AS (SELECT min(g) AS n FROM generate_series(0, (SELECT count(*) FROM c)) AS g "
-            "WHERE NOT EXISTS (SELECT 1 FROM c WHERE c.hold_slot = g)), "
-        )
-    if guard.lines:
-        values = ", ".join(["(%s::bigint, %s::integer, %s::integer)"] * len(guard.lines))
-        sql += (
-            f"over AS (SELECT v.product_id, v.lim FROM (VALUES {values}) AS v(product_id, quantity, lim) "
-            "WHERE v.quantity + (SELECT coalesce(sum((x ->> 'quantity')::integer), 0) "
-            "FROM c CROSS JOIN jsonb_array_elements(c.lines) AS x "
-            "WHERE (x ->> 'product_id')::bigint = v.product_id) > v.lim ORDER BY v.product_id LIMIT 1), "
-        )
-        params += [value for line in guard.lines for value in line]
-    return sql, params
-
-
 def save_lease_taken(saga: CheckoutSaga, *, owner: str) -> bool:
     """Take the saga's lease for ``owner`` (version-checked). False when another write came first."""
     now = timezone.now()
@@ -449,6 +366,7 @@ def _save(
     writes: Sequence[_Cte] = (),
     returning: Sequence[str] = (),
     set_sql: dict[str, str] | None = None,
+    log_once: bool = False,
 ) -> list[Any]:
     """Write, renewing the lease unless this write takes or gives it up; the in-memory saga follows."""
     now = timezone.now()
@@ -457,7 +375,15 @@ def _save(
     if saga.lease_owner and "lease_owner" not in fields:
         fields = {**fields, "lease_expires_at": now + lease_length()}
     matched, returned = _statement(
-        saga, fields=fields, log=log, now=now, head=head, writes=writes, returning=returning, set_sql=set_sql
+        saga,
+        fields=fields,
+        log=log,
+        now=now,
+        head=head,
+        writes=writes,
+        returning=returning,
+        set_sql=set_sql,
+        log_once=log_once,
     )
     if not matched:
         raise CheckoutInProgress("Another request changed this checkout.", retry_after=1, checkoutId=saga.public_id)
@@ -477,6 +403,7 @@ def _statement(
     writes: Sequence[_Cte] = (),
     returning: Sequence[str] = (),
     set_sql: dict[str, str] | None = None,
+    log_once: bool = False,
 ) -> tuple[bool, list[Any]]:
     """``WITH [head,] s AS (UPDATE saga …), l AS (INSERT log rows), a0 AS (write), … SELECT matched, …``.
 
@@ -499,7 +426,7 @@ def _statement(
     )
     params = [*prefix_params, *params, saga.pk, saga.version]
     if log:
-        log_sql, log_params = _log_rows(log, now)
+        log_sql, log_params = log_rows_cte(log, now, once=log_once)
         sql += ", " + log_sql
         params += log_params
     for n, write in enumerate(writes):
@@ -512,15 +439,23 @@ def _statement(
     return row[0] == 1, list(row[1:])
 
 
-def _log_rows(rows: Sequence[LogRow], now: datetime) -> tuple[str, list[Any]]:
+def log_rows_cte(rows: Sequence[LogRow], now: datetime, *, once: bool = False) -> tuple[str, list[Any]]:
     """``l AS (INSERT …)``: the log rows of the saga that CTE ``s`` returns (none when ``s`` is empty).
-    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id)."""
+    ORDER BY n: ids follow the order of ``rows`` (the log is read by ``at``, then id). ``once``: only rows
+    the saga's log does not hold yet (see :func:`save`)."""
     details = SagaStep._meta.get_field("details")
+    table = connection.ops.quote_name(SagaStep._meta.db_table)
     values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    new = (
+        f" WHERE NOT EXISTS (SELECT 1 FROM {table} x WHERE x.saga_id = s.id AND x.step = v.step "  # noqa: S608
+        "AND x.outcome = v.outcome AND x.details = v.details::jsonb)"
+        if once
+        else ""
+    )
     sql = (
-        f"l AS (INSERT INTO {connection.ops.quote_name(SagaStep._meta.db_table)} (saga_id, step, outcome, details, at) "
+        f"l AS (INSERT INTO {table} (saga_id, step, outcome, details, at) "  # noqa: S608 - names from _meta
         f"SELECT s.id, v.step, v.outcome, v.details, %s FROM s CROSS JOIN (VALUES {values}) "
-        "AS v(n, step, outcome, details) ORDER BY v.n)"
+        f"AS v(n, step, outcome, details){new} ORDER BY v.n)"
     )
     params: list[Any] = [now]
     for n, (step, outcome, step_details) in enumerate(rows):
