@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.admin import ReadOnlyAdminMixin, money_column
 from cartflow.money import money_format
 from cartflow.problems import DomainError
 from inventory.flashsale import flash_sale_start, flash_sale_stop
@@ -37,13 +37,12 @@ class ProductAdmin(admin.ModelAdmin):
     fields = ("sku", "name", ("price", "currency", "price_shown"), "active", "flash_sale")
     inlines = [StockInline]
 
-    @admin.display(description="price", ordering="price")
-    def price_(self, obj: Product) -> str:
-        return money_format(obj.price, obj.currency)
+    price_ = money_column("price", "price")
 
     @admin.display(description="that is")
     def price_shown(self, obj: Product) -> str:
         return money_format(obj.price, obj.currency) if obj.pk else "-"
+
     actions = ["start_flash_sale", "stop_flash_sale"]
 
     @admin.action(description="Start flash sale (open a token pool of the available stock)")

@@ -26,7 +26,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.admin import ReadOnlyAdminMixin, money_column
 from cartflow.money import currency_exponent, money_format
 from cartflow.problems import DomainError
 from inventory.selectors import reservations_of_holder
@@ -209,17 +209,9 @@ class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     # --- list columns ---------------------------------------------------------------------------------
 
-    @admin.display(description="total", ordering="total")
-    def total_(self, obj: Order) -> str:
-        return money_format(obj.total, obj.currency)
-
-    @admin.display(description="subtotal", ordering="subtotal")
-    def subtotal_(self, obj: Order) -> str:
-        return money_format(obj.subtotal, obj.currency)
-
-    @admin.display(description="refunded", ordering="amount_refunded")
-    def refunded_(self, obj: Order) -> str:
-        return money_format(obj.amount_refunded, obj.currency)
+    total_ = money_column("total", "total")
+    subtotal_ = money_column("subtotal", "subtotal")
+    refunded_ = money_column("amount_refunded", "refunded")
 
     # --- the order and its money ----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
-from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.admin import ReadOnlyAdminMixin, money_column
 from cartflow.money import money_format
 from payments.models import DisputedPayment, Payment, PaymentAttempt, Refund, WebhookEvent
 from payments.reconciliation import payments_reconcile
@@ -57,17 +57,9 @@ class PaymentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     inlines = [RefundInline, PaymentAttemptInline]
     actions = ["reconcile_selected"]
 
-    @admin.display(description="amount", ordering="amount")
-    def amount_(self, obj: Payment) -> str:
-        return money_format(obj.amount, obj.currency)
-
-    @admin.display(description="refunded", ordering="amount_refunded")
-    def refunded_(self, obj: Payment) -> str:
-        return money_format(obj.amount_refunded, obj.currency)
-
-    @admin.display(description="taken by refunds (asked, pending or succeeded)", ordering="refund_reserved")
-    def reserved_(self, obj: Payment) -> str:
-        return money_format(obj.refund_reserved, obj.currency)
+    amount_ = money_column("amount", "amount")
+    refunded_ = money_column("amount_refunded", "refunded")
+    reserved_ = money_column("refund_reserved", "taken by refunds (asked, pending or succeeded)")
 
     @admin.action(description="Reconcile with Stripe now")
     def reconcile_selected(self, request, queryset) -> None:  # noqa: ANN001
