@@ -14,8 +14,10 @@ from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
 from cartflow.admin import ReadOnlyAdminMixin
+from cartflow.money import money_format
 from orders import admin_order  # noqa: F401 - registers the order pages
 from orders.admin_display import reservations_link as _reservations_link
+from orders.admin_display import table as _table
 from orders.admin_display import webhooks_link as _webhooks_link
 from orders.models import CheckoutSaga, Outbox, SagaStep
 from orders.outbound import admin as outbound_admin  # noqa: F401 - registers the outbound webhook pages
@@ -72,7 +74,7 @@ class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = (StuckFilter, "state", "step_status", "requires_human")
     search_fields = ("=public_id", "=order__public_id", "=payment_intent_id", "=client_key", "email")
     search_help_text = "Checkout id, order id, PaymentIntent id (pi_…), client (user:<id> or addr:<address>) or e-mail."
-    readonly_fields = [f.name for f in CheckoutSaga._meta.fields] + ["reservations", "webhook_events"]
+    readonly_fields = ["basket"] + [f.name for f in CheckoutSaga._meta.fields] + ["reservations", "webhook_events"]
     inlines = [SagaStepInline]
     actions = ["resume", "compensate"]
     list_select_related = ("order",)
@@ -94,6 +96,22 @@ class CheckoutSagaAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def stuck_since(self, obj: CheckoutSaga) -> str:
         reason = getattr(obj, "stuck_reason", None)
         return reason.since.isoformat(timespec="seconds") if reason else "-"
+
+    @admin.display(description="lines (as priced at start)")
+    def basket(self, obj: CheckoutSaga) -> SafeString:
+        """The ``lines`` JSON below, with its money in the checkout's currency."""
+        lines = obj.lines or []
+        rows = [
+            (
+                line.get("sku", ""),
+                line.get("name", ""),
+                money_format(line.get("unit_price"), obj.currency),
+                line.get("quantity", ""),
+                money_format(line.get("unit_price", 0) * line.get("quantity", 0), obj.currency),
+            )
+            for line in lines
+        ]
+        return _table(("SKU", "name", "unit price", "quantity", "line total"), rows, total=len(rows))
 
     @admin.display(description="reservations")
     def reservations(self, obj: CheckoutSaga) -> SafeString:

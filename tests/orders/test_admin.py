@@ -234,3 +234,12 @@ def test_the_back_office_is_branded_cartflow(staff, client):
     staff.logout()
     login = client.get(reverse("admin:login")).content.decode()
     assert "CartFlow operations" in login and "Django administration" not in login
+
+
+def test_the_saga_page_shows_its_lines_with_money_in_their_currency(staff, stripe_emulator):
+    """The saga keeps the lines priced at start as JSON; staff read them as money, not minor units."""
+    yen = make_product(price=1800, currency="jpy", on_hand=5)
+    _, checkout_id = started(yen, quantity=3)
+    page = staff.get(reverse("admin:orders_checkoutsaga_change", args=[saga(checkout_id).pk])).content.decode()
+    assert "Lines (as priced at start)" in page
+    assert "<td>1,800 JPY</td><td>3</td><td>5,400 JPY</td>" in page
