@@ -17,7 +17,8 @@ from cartflow.logconfig import logging_dict
 # 25 confirms/s about 10-15 of them are in flight at once; with 4 threads a realistic Stripe capped full
 # checkouts at 13/s, with 8 they reach Stripe's 25/s. More threads buy nothing there and cost the CPU-bound
 # hot rush (16 threads: 222 -> 167 starts/s, from GIL and row contention). docs/performance.md has the
-# measurement ("Concurrency: why 2 workers x 8 threads", "Worker layouts for the hot rush"). Each thread keeps one PostgreSQL connection (CARTFLOW_DB_CONN_MAX_AGE): 16 per host.
+# measurement ("Concurrency: why 2 workers x 8 threads", "Worker layouts for the hot rush"). Each thread
+# keeps one PostgreSQL connection (CARTFLOW_DB_CONN_MAX_AGE): 16 per host.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
