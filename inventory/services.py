@@ -157,23 +157,43 @@ def reservation_reserve(
     return reservations_for_holder(holder=holder, product_ids=wanted)
 
 
-# The hot path in one statement: the version-checked conditional UPDATE and the INSERT of the reservation
-# it pays for. A statement is atomic, so a crash leaves both or neither, and the stock row's lock is held
-# only while the statement runs — never across a client round trip (with BEGIN/UPDATE/INSERT/COMMIT as
-# separate round trips, every buyer queued on the lock lost its version check when it got the row, and
-# throughput at 64 clients fell by an order of magnitude).
+# The hot path in one statement: read the stock row, the version-checked conditional UPDATE, and the INSERT
+# of the reservation it pays for. A statement is atomic, so a crash leaves both or neither, and the stock
+# row's lock is held only while the statement runs — never across a client round trip (with
+# BEGIN/UPDATE/INSERT/COMMIT as separate round trips, every buyer queued on the lock lost its version check
+# when it got the row, and throughput at 64 clients fell by an order of magnitude). The read is in the same
+# statement as the write it checks: read in one round trip and written in the next, the row changed in
+# between for most attempts of a hot rush (a web thread waits for the GIL between the two), so each start
+# took several attempts. Now an attempt loses only to a writer that held the row's lock while it ran (the
+# UPDATE then re-reads the row, sees the new version and matches nothing). The last SELECT returns the row as
+# this statement read it and the reservation's id (NULL when this attempt did not win), so a loss says
+# whether stock ran out or the race was lost, without another query.
 _RESERVE_SQL = """
-WITH won AS (
-    UPDATE inventory_stock
-       SET reserved = reserved + %(q)s, version = version + 1, updated_at = %(now)s
-     WHERE id = %(stock_id)s AND version = %(version)s AND on_hand - reserved >= %(q)s
- RETURNING product_id
+WITH cur AS (
+    SELECT id, on_hand, reserved, version FROM inventory_stock WHERE product_id = %(product_id)s
+), won AS (
+    UPDATE inventory_stock s
+       SET reserved = s.reserved + %(q)s, version = s.version + 1, updated_at = %(now)s
+      FROM cur
+     WHERE s.id = cur.id AND s.version = cur.version AND s.on_hand - s.reserved >= %(q)s
+ RETURNING s.product_id
+), ins AS (
+    INSERT INTO inventory_reservation
+           (holder, product_id, quantity, status, expires_at, created_at, updated_at, version)
+    SELECT %(holder)s, product_id, %(q)s, 'HELD', %(expires_at)s, %(now)s, %(now)s, 0 FROM won
+    RETURNING id
 )
-INSERT INTO inventory_reservation (holder, product_id, quantity, status, expires_at, created_at, updated_at, version)
-SELECT %(holder)s, product_id, %(q)s, 'HELD', %(expires_at)s, %(now)s, %(now)s, 0 FROM won
-RETURNING id
+SELECT (SELECT id FROM ins), on_hand, reserved FROM cur
 """
 _STOCK_SQL = "SELECT id, on_hand, reserved, version FROM inventory_stock WHERE product_id = %s"
+
+
+def _insufficient(product_id: int, available: int, quantity: int) -> InsufficientStock:
+    return InsufficientStock(
+        f"Only {max(0, available)} of product {product_id} available, {quantity} asked.",
+        productId=product_id,
+        available=max(0, available),
+    )
 
 
 def _reserve_one(
@@ -182,37 +202,32 @@ def _reserve_one(
     """Reserve one product for the holder. True when this call took the units; False when a concurrent
     call for the same holder already did (so they are not ours to undo)."""
     for _attempt in _attempts():
-        with connection.cursor() as cursor:
-            cursor.execute(_STOCK_SQL, [product_id])
-            row = cursor.fetchone()
-        if row is None:
-            raise InsufficientStock(f"Product {product_id} has no stock.", productId=product_id, available=0)
-        stock_id, on_hand, reserved, version = row
-        available = on_hand - reserved
-        if available < quantity:
-            raise InsufficientStock(
-                f"Only {max(0, available)} of product {product_id} available, {quantity} asked.",
-                productId=product_id,
-                available=max(0, available),
-            )
         now = timezone.now()
         try:
             if revive is None:
-                params = {
-                    "q": quantity,
-                    "now": now,
-                    "stock_id": stock_id,
-                    "version": version,
-                    "holder": holder,
-                    "expires_at": expires_at,
-                }
+                params = {"q": quantity, "now": now, "product_id": product_id}
+                params.update(holder=holder, expires_at=expires_at)
                 # Inside a caller's transaction, a savepoint keeps a unique violation from poisoning it.
                 with transaction.atomic() if connection.in_atomic_block else nullcontext():
                     with connection.cursor() as cursor:
                         cursor.execute(_RESERVE_SQL, params)
-                        if cursor.fetchone() is None:
-                            raise _LostRace
-                return True
+                        row = cursor.fetchone()
+                if row is None:
+                    raise InsufficientStock(f"Product {product_id} has no stock.", productId=product_id, available=0)
+                reservation_id, on_hand, reserved = row
+                if reservation_id is not None:
+                    return True
+                if on_hand - reserved < quantity:
+                    raise _insufficient(product_id, on_hand - reserved, quantity)
+                raise _LostRace
+            with connection.cursor() as cursor:
+                cursor.execute(_STOCK_SQL, [product_id])
+                row = cursor.fetchone()
+            if row is None:
+                raise InsufficientStock(f"Product {product_id} has no stock.", productId=product_id, available=0)
+            stock_id, on_hand, reserved, version = row
+            if on_hand - reserved < quantity:
+                raise _insufficient(product_id, on_hand - reserved, quantity)
             with transaction.atomic():  # rare path: the holder's released row becomes HELD again
                 won = Stock.objects.filter(id=stock_id, version=version, on_hand__gte=F("reserved") + quantity).update(
                     reserved=F("reserved") + quantity, version=F("version") + 1, updated_at=now
