@@ -62,8 +62,12 @@ function say(text, kind = "info") {
 
 const sayProblem = (problem, extra = "") => say(String(problem) + extra, "error");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const money = (amount, currency) =>
-  new Intl.NumberFormat("en", { style: "currency", currency: currency.toUpperCase() }).format(amount / 100);
+/** Minor units as the currency writes them: 6200 cents are $62.00, 1800 yen are ¥1,800 (yen have no minor
+ * unit), 1500 fils are KWD 1.500. Intl knows each currency's number of decimals (ISO 4217). */
+const money = (amount, currency) => {
+  const format = new Intl.NumberFormat("en", { style: "currency", currency: currency.toUpperCase() });
+  return format.format(amount / 10 ** format.resolvedOptions().maximumFractionDigits);
+};
 
 const price = (amount, currency) => el("span", { class: "price" }, money(amount, currency));
 

@@ -61,8 +61,8 @@ class Shopper:
         return path
 
 
-def _product(name: str, price: int, *, on_hand: int = 10) -> Product:
-    product = Product.objects.create(sku=f"WEB-{uuid.uuid4().hex[:8]}", name=name, price=price, currency="usd")
+def _product(name: str, price: int, *, on_hand: int = 10, currency: str = "usd") -> Product:
+    product = Product.objects.create(sku=f"WEB-{uuid.uuid4().hex[:8]}", name=name, price=price, currency=currency)
     Stock.objects.create(product=product, on_hand=on_hand)
     return product
 
@@ -201,3 +201,14 @@ def test_a_flash_sale_product_sells_out_while_the_shopper_watches(shop, page, st
 def test_the_same_purchase_from_a_storefront_on_another_origin(shop, second_origin, page, stripe_emulator):
     """The page served by another server (as a storefront deployed on its own would be), pointed at the API."""
     _buy_two_products(Shopper(page, f"{second_origin}/?api={shop.url}", "second-origin"), stripe_emulator)
+
+
+def test_prices_are_shown_in_their_currencys_own_units(shop, page, stripe_emulator):
+    """Amounts are minor units: 1800 yen are ¥1,800 (the yen has no minor unit), not ¥18."""
+    shopper = Shopper(page, f"{shop.url}/shop/", "yen")
+    tea = _product("Tea", 1800, currency="jpy")
+    shopper.open(tea)
+    expect(shopper.get(f"product-{tea.id}")).to_contain_text("¥1,800")
+    shopper.add(tea)
+    expect(shopper.get("cart")).to_contain_text("¥1,800")
+    assert not shopper.script_errors, shopper.script_errors
