@@ -28,6 +28,17 @@ def _clean_cache(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _crash_points_disarmed():
+    """No test starts or leaves with a saga crash point armed (orders/saga/crashpoints.py is one-shot, but a
+    test that fails before its point fires would leave it armed for the next)."""
+    from orders.saga.crashpoints import crash_points
+
+    crash_points.clear()
+    yield
+    crash_points.clear()
+
+
 @pytest.fixture
 def api_client():
     from rest_framework.test import APIClient

@@ -40,13 +40,6 @@ RECONCILE = "payments: reconcile with Stripe"
 SETTLE_AUTHORIZATIONS = "orders: settle due authorizations"
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    crash_points.clear()
-    yield
-    crash_points.clear()
-
-
 def _checkout(product, quantity: int = 2, *, with_intent: bool = False) -> CheckoutSaga:  # noqa: ANN001
     """A started checkout (stock held), awaiting payment. ``with_intent``: its PaymentIntent created too, as
     a Stripe.js storefront does before paying (the start creates none)."""

@@ -24,13 +24,6 @@ from tests.support.saga import guest_with_cart, invariants_hold, make_product, s
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    crash_points.clear()
-    yield
-    crash_points.clear()
-
-
 @pytest.fixture
 def staff(client, django_user_model):
     user = django_user_model.objects.create_superuser(username="ops", password="pw", email="ops@example.com")

@@ -18,13 +18,6 @@ from tests.support.saga import charges, guest_with_cart, invariants_hold, make_p
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    crash_points.clear()
-    yield
-    crash_points.clear()
-
-
 def _started(product) -> CheckoutSaga:  # noqa: ANN001
     from cart.identity import cart_ref_for_token
 

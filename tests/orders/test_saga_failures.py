@@ -38,13 +38,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 START_STEPS = ["reserve", "create_order"]
 
 
-@pytest.fixture(autouse=True)
-def _disarm():
-    crash_points.clear()
-    yield
-    crash_points.clear()
-
-
 def _cart(product, quantity: int = 2) -> str:  # noqa: ANN001
     client = guest_with_cart((product, quantity))
     return cart_ref_for_token(client._credentials["HTTP_X_CART_TOKEN"]).key

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _disarm():
-    crash_points.clear()
-    yield
-    crash_points.clear()
-
-
-@pytest.fixture(autouse=True)
 def _no_retries(settings):
     settings.STRIPE_MAX_NETWORK_RETRIES = 0
 
