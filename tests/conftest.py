@@ -40,6 +40,15 @@ def _crash_points_disarmed():
 
 
 @pytest.fixture
+def staff(client, django_user_model):  # noqa: ANN001, ANN201 - pytest-django's fixtures
+    """Django's test client signed in to admin as a superuser ("ops"); the user is ``staff.user``."""
+    user = django_user_model.objects.create_superuser(username="ops", password="pw", email="ops@example.com")
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
 def api_client():
     from rest_framework.test import APIClient
 

@@ -24,14 +24,6 @@ from tests.support.saga import guest_with_cart, invariants_hold, make_product, s
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_superuser(username="ops", password="pw", email="ops@example.com")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
 def started(product, quantity: int = 1):  # noqa: ANN001, ANN201
     """A guest's checkout started through the real endpoint; returns (client, checkout id)."""
     client = guest_with_cart((product, quantity))

@@ -15,14 +15,6 @@ from tests.support.saga import make_product, paid_order, stock
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_superuser(username="dana", password="pw", email="dana@example.com")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
 def test_the_refund_action_opens_the_form_and_its_submit_refunds_and_records_who(staff, stripe_emulator):
     _, order_id = paid_order((make_product(price=2000), 1))
     order = Order.objects.get(public_id=order_id)
@@ -39,7 +31,7 @@ def test_the_refund_action_opens_the_form_and_its_submit_refunds_and_records_who
     assert done.redirect_chain[-1][0] == reverse("admin:orders_order_change", args=[order.pk])
     assert f"Refunded 7.50 USD of order {order_id}" in done.content.decode()
     operation = OrderOperation.objects.get()
-    assert (operation.actor_id, operation.actor_label, operation.reason) == (staff.user.pk, "dana", "wrong size")
+    assert (operation.actor_id, operation.actor_label, operation.reason) == (staff.user.pk, "ops", "wrong size")
     order.refresh_from_db()
     assert order.amount_refunded == 750
     page = staff.get(reverse("admin:orders_order_change", args=[order.pk])).content.decode()

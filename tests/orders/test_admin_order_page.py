@@ -32,14 +32,6 @@ SECTIONS = (
 )
 
 
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_superuser(username="sam", password="pw", email="sam@example.com")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
 def order_page(staff, order: Order) -> str:  # noqa: ANN001
     response = staff.get(reverse("admin:orders_order_change", args=[order.pk]))
     assert response.status_code == 200

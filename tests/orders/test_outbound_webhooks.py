@@ -326,13 +326,6 @@ def test_the_sweep_hands_out_events_nobody_fanned_out_and_deliveries_due(stripe_
 # --- admin -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def staff(client, django_user_model):
-    user = django_user_model.objects.create_superuser(username="ops", password="pw", email="ops@example.com")
-    client.force_login(user)
-    return client
-
-
 def test_admin_lists_deliveries_with_attempts_and_resends_the_same_event(stripe_emulator, endpoint, staff):
     _, body = paid(make_product())
     event = OutboundEvent.objects.get(order__public_id=body["orderId"])
