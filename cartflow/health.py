@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kombu
 import redis
 from django.conf import settings
 from django.db import connection
@@ -30,8 +31,23 @@ def _ping(url: str) -> str:
         return "unreachable"
 
 
+def _broker(url: str) -> str:
+    """A Redis broker is pinged; any other (RabbitMQ's ``amqp://``) is connected to through kombu, Celery's
+    own transport layer, which for AMQP means the TCP connection and the protocol handshake with the
+    broker's credentials, then closed."""
+    if url.startswith(("redis", "unix")):
+        return _ping(url)
+    try:
+        with kombu.Connection(url, connect_timeout=0.5) as conn:
+            conn.connect()
+        return "ok"
+    except Exception:  # noqa: BLE001
+        return "unreachable"
+
+
 def readiness_checks() -> dict[str, str]:
-    checks = {"database": _check_database(), "redis": _ping(settings.REDIS_URL)}
-    broker = settings.CELERY_BROKER_URL
-    checks["broker"] = _ping(broker) if broker.startswith(("redis", "unix")) else "ok"
-    return checks
+    return {
+        "database": _check_database(),
+        "redis": _ping(settings.REDIS_URL),
+        "broker": _broker(settings.CELERY_BROKER_URL),
+    }

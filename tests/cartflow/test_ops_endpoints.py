@@ -51,6 +51,23 @@ def test_readyz_is_503_when_the_broker_is_unreachable(client):
     assert resp.json()["checks"]["broker"] == "unreachable"
 
 
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def test_readyz_connects_to_a_rabbitmq_broker_and_is_503_when_it_does_not_answer(client):
+    """An AMQP broker is really connected to (the machine's RabbitMQ), not assumed to be there."""
+    with override_settings(CELERY_BROKER_URL=RABBITMQ):
+        up = client.get("/readyz")
+    with override_settings(CELERY_BROKER_URL=f"amqp://guest:guest@127.0.0.1:{_dead_port()}//"):
+        down = client.get("/readyz")
+    with override_settings(CELERY_BROKER_URL="amqp://guest:wrong-password@127.0.0.1:5672//"):
+        refused = client.get("/readyz")
+    assert (up.status_code, up.json()["checks"]["broker"]) == (200, "ok"), up.content
+    assert (down.status_code, down.json()["checks"]["broker"]) == (503, "unreachable")
+    assert (refused.status_code, refused.json()["checks"]["broker"]) == (503, "unreachable")
+    assert "wrong-password" not in refused.content.decode()
+
+
 def test_metrics_is_prometheus_text(client):
     client.get("/api/products")
     resp = client.get("/metrics")
