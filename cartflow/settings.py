@@ -221,7 +221,6 @@ WHITENOISE_USE_FINDERS = DEBUG or TESTING or env_bool("CARTFLOW_DEV")
 # Strict-Transport-Security: DJANGO_SECURE_HSTS_SECONDS (default 3600, short so a mistake heals within the
 # hour; raise it to a year once HTTPS is proven), DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS and
 # DJANGO_SECURE_HSTS_PRELOAD (both on; browsers' preload lists accept only a max-age of a year or more).
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 _SECURE = env_bool("DJANGO_SECURE", default=not _DEV_MODE)
 SESSION_COOKIE_SECURE = _SECURE
 CSRF_COOKIE_SECURE = _SECURE
@@ -238,6 +237,9 @@ X_FRAME_OPTIONS = "DENY"
 # CARTFLOW_TRUSTED_PROXIES: how many proxies (load balancer, CDN) stand in front of the web servers. 0 (the
 # default) ignores X-Forwarded-For: the connection's peer is the client.
 CARTFLOW_TRUSTED_PROXIES = env_int("CARTFLOW_TRUSTED_PROXIES", 0)
+# HTTPS is read from X-Forwarded-Proto only when a proxy stands in front, as X-Forwarded-For is: without one
+# the header is the client's own, and "https" from a plain-HTTP client would skip the HTTPS redirect.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if CARTFLOW_TRUSTED_PROXIES else None
 # CARTFLOW_MAX_BODY_BYTES: larger request bodies get 413 payload_too_large before anything reads them.
 CARTFLOW_MAX_BODY_BYTES = env_int("CARTFLOW_MAX_BODY_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CARTFLOW_MAX_BODY_BYTES

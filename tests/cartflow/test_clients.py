@@ -219,3 +219,16 @@ def test_flash_queue_joins_are_counted_per_address_signed_in_or_not(rates, djang
     codes = [c.post("/api/flash-sales/NO-SUCH-SKU/queue").status_code for c in (signed_in, guest, signed_in)]
     assert codes == [404, 404, 429]
     assert APIClient(REMOTE_ADDR="203.0.113.6").post("/api/flash-sales/NO-SUCH-SKU/queue").status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_forged_x_forwarded_proto_does_not_skip_the_https_redirect(settings):
+    """Without a proxy in front (CARTFLOW_TRUSTED_PROXIES=0, whose settings leave SECURE_PROXY_SSL_HEADER
+    unset: tests/cartflow/test_servicefinder.py) a plain-HTTP client saying "https" is still redirected."""
+    settings.SECURE_SSL_REDIRECT = True
+    assert settings.SECURE_PROXY_SSL_HEADER is None
+    forged = Client().get("/api/products", HTTP_X_FORWARDED_PROTO="https")
+    assert (forged.status_code, forged["Location"]) == (301, "https://testserver/api/products")
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")  # what CARTFLOW_TRUSTED_PROXIES=1 sets
+    assert Client().get("/api/products", HTTP_X_FORWARDED_PROTO="https").status_code == 200
