@@ -14,9 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from bench.driver import ClientState
+from bench.driver import ClientState, LoopbackClient, Response
 
 HOT_SKU = "BENCH-HOT"
 FLASH_SKU = "BENCH-FLASH"
@@ -74,7 +72,7 @@ class Steps:
     checkouts: list[str] = field(default_factory=list)
     by_step: dict[str, list[float]] = field(default_factory=dict)
 
-    def record(self, started: float, response: httpx.Response, step: str = "") -> None:
+    def record(self, started: float, response: Response, step: str = "") -> None:
         ms = (time.perf_counter() - started) * 1000
         self.latencies_ms.append(ms)
         if step:
@@ -97,7 +95,7 @@ def percentile(values: list[float], p: float) -> float:
 def start_only(tokens: list[str]) -> Callable[..., Any]:
     """Each call takes a fresh cart and starts its checkout (hot rush)."""
 
-    async def start(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def start(http: LoopbackClient, state: ClientState) -> Response:
         token = tokens.pop()
         return await http.post("/api/checkout/start", headers={"X-Cart-Token": token}, json={})
 
@@ -107,7 +105,7 @@ def start_only(tokens: list[str]) -> Callable[..., Any]:
 def start_and_confirm(tokens: list[str], steps: Steps, payment_method: str = "pm_card_visa") -> Callable[..., Any]:
     """Each call takes a fresh cart, starts its checkout and confirms it (spread checkout)."""
 
-    async def checkout(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def checkout(http: LoopbackClient, state: ClientState) -> Response:
         headers = {"X-Cart-Token": tokens.pop()}
         t0 = time.perf_counter()
         response = await http.post("/api/checkout/start", headers=headers, json={})
@@ -130,7 +128,7 @@ def start_and_confirm(tokens: list[str], steps: Steps, payment_method: str = "pm
 def add_start_confirm(product_ids: list[int], steps: Steps, payment_method: str = "pm_card_visa") -> Callable[..., Any]:
     """Each call is one buyer's whole checkout over HTTP: add one unit to a new cart, start, confirm."""
 
-    async def checkout(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def checkout(http: LoopbackClient, state: ClientState) -> Response:
         product_id = product_ids[(state.index + state.sent) % len(product_ids)]
         t0 = time.perf_counter()
         response = await http.post("/api/cart/items", json={"productId": product_id, "quantity": 1})
@@ -157,7 +155,7 @@ def add_start_confirm(product_ids: list[int], steps: Steps, payment_method: str 
 def same_cart_start(tokens: list[str]) -> Callable[..., Any]:
     """Each client starts the checkout of its own (flash-sale) cart again and again: ``sold_out``."""
 
-    async def start(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def start(http: LoopbackClient, state: ClientState) -> Response:
         token = tokens[state.index % len(tokens)]
         return await http.post("/api/checkout/start", headers={"X-Cart-Token": token}, json={})
 
@@ -165,7 +163,7 @@ def same_cart_start(tokens: list[str]) -> Callable[..., Any]:
 
 
 def cart_add(product_ids: list[int], lines_per_cart: int = 50) -> Callable[..., Any]:
-    async def add(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def add(http: LoopbackClient, state: ClientState) -> Response:
         if state.sent % lines_per_cart == 0:
             state.headers.pop("X-Cart-Token", None)
         product_id = product_ids[(state.index + state.sent) % len(product_ids)]
@@ -179,5 +177,5 @@ def cart_add(product_ids: list[int], lines_per_cart: int = 50) -> Callable[..., 
     return add
 
 
-async def healthz(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+async def healthz(http: LoopbackClient, state: ClientState) -> Response:
     return await http.get("/healthz")

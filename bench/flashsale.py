@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.driver import ClientState, run
+from bench.driver import ClientState, LoopbackClient, Response, run
 from bench.stack import gunicorn_start, process_stop
 from stripe_emulator import EmulatorServer
 
@@ -81,7 +81,7 @@ def _create_database(url: str) -> None:
 def _fill_carts(url: str, product_id: int, buyers: int) -> list[str]:
     tokens: list[str] = []
 
-    async def add(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def add(http: LoopbackClient, state: ClientState) -> Response:
         response = await http.post("/api/cart/items", json={"productId": product_id, "quantity": 1})
         if response.status_code == 201:
             tokens.append(response.headers["X-Cart-Token"])
@@ -97,7 +97,7 @@ def _rush(url: str, tokens: list[str], name: str) -> dict[str, Any]:
     """Every buyer sends one checkout start at the same moment; latencies split by outcome."""
     by_outcome: dict[str, list[float]] = defaultdict(list)
 
-    async def checkout(http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def checkout(http: LoopbackClient, state: ClientState) -> Response:
         t0 = time.perf_counter()
         response = await http.post("/api/checkout/start", json={}, headers={"X-Cart-Token": tokens[state.index]})
         ms = (time.perf_counter() - t0) * 1000
@@ -280,7 +280,7 @@ class SellOut:
         self.confirm_ms: list[float] = []
         self.orders: list[str] = []
 
-    async def buyer(self, http: httpx.AsyncClient, state: ClientState) -> httpx.Response:
+    async def buyer(self, http: LoopbackClient, state: ClientState) -> Response:
         if self.started_at is None:
             self.started_at = time.perf_counter()
         headers = {"X-Cart-Token": self.tokens.pop()}
@@ -298,8 +298,8 @@ class SellOut:
         return response
 
     async def _call(
-        self, http: httpx.AsyncClient, path: str, headers: dict[str, str], body: dict[str, Any], times: list[float]
-    ) -> tuple[httpx.Response, str]:
+        self, http: LoopbackClient, path: str, headers: dict[str, str], body: dict[str, Any], times: list[float]
+    ) -> tuple[Response, str]:
         for _ in range(60):
             t0 = time.perf_counter()
             response = await http.post(path, headers=headers, json=body)
@@ -310,7 +310,7 @@ class SellOut:
             await asyncio.sleep(min(5.0, float(response.headers.get("Retry-After") or 1)))
         return response, f"gave_up_after_{code}"
 
-    def _note(self, response: httpx.Response) -> str:
+    def _note(self, response: Response) -> str:
         if response.status_code < 400:
             key = str(response.status_code)
         else:
