@@ -129,7 +129,8 @@ TEMPLATES = [
 
 # DATABASE_URL, else local PostgreSQL, else embedded (cartflow/servicefinder.py).
 # CARTFLOW_DB_CONN_MAX_AGE: persistent connections (seconds).
-# CARTFLOW_DB_HEALTH_CHECKS: a SELECT 1 before a reused connection's first query in each request.
+# CARTFLOW_DB_HEALTH_CHECKS: a reused connection is checked before its first query in each request, from its
+# socket where it sits idle (cartflow/db/base.py), instead of Django's SELECT 1 round trip.
 # CARTFLOW_DB_SERVER_SIDE_BINDING (on): parameters sent apart from the SQL text, which is what lets
 # CARTFLOW_DB_PREPARE_THRESHOLD (5) work: a statement a connection has run that many times is prepared once
 # and then only executed, so PostgreSQL stops parsing and planning it on every checkout (a third of its CPU
@@ -142,6 +143,8 @@ DATABASES = {
         conn_health_checks=env_bool("CARTFLOW_DB_HEALTH_CHECKS", True),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "cartflow.db"
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 if env_bool("CARTFLOW_DB_SERVER_SIDE_BINDING", True):
