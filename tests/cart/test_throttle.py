@@ -10,7 +10,7 @@ from tests.cart.conftest import add, adopt_token
 pytestmark = pytest.mark.django_db
 
 
-def test_writes_beyond_the_rate_get_429_and_change_nothing(product, settings):
+def test_writes_beyond_the_rate_get_429_and_change_nothing(product, settings, fresh_throttle_window):
     rest = dict(settings.REST_FRAMEWORK)
     rest["DEFAULT_THROTTLE_RATES"] = {**rest["DEFAULT_THROTTLE_RATES"], "cart_write": "3/min"}
     settings.REST_FRAMEWORK = rest
@@ -32,7 +32,7 @@ def test_writes_beyond_the_rate_get_429_and_change_nothing(product, settings):
 
 
 @pytest.mark.django_db
-def test_sign_in_attempts_beyond_the_rate_get_429_with_retry_after(settings, django_user_model):
+def test_sign_in_attempts_beyond_the_rate_get_429_with_retry_after(settings, django_user_model, fresh_throttle_window):
     """Password guessing is slowed per client address: the attempt after the limit is refused unread."""
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,

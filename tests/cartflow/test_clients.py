@@ -25,7 +25,7 @@ def _fast_password_hashes(settings):
 
 
 @pytest.fixture
-def rates(settings):
+def rates(settings, fresh_throttle_window):
     """Set some throttle rates for this test (the rest stay as configured)."""
 
     def set_rates(**scopes: str) -> None:
