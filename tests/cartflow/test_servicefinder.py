@@ -140,9 +140,13 @@ def test_production_defaults_are_safe():
         DJANGO_ALLOWED_HOSTS="shop.example.com, api.shop.example.com",
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False True True ['shop.example.com', 'api.shop.example.com'] None prod-secret-from-env"
+    assert out.stdout.strip() == (
+        "False True True ['shop.example.com', 'api.shop.example.com'] None prod-secret-from-env"
+    )
     behind_a_proxy = _settings_probe(
-        "print(settings.SECURE_PROXY_SSL_HEADER)", DJANGO_SECRET_KEY="prod-secret-from-env", CARTFLOW_TRUSTED_PROXIES="1"
+        "print(settings.SECURE_PROXY_SSL_HEADER)",
+        DJANGO_SECRET_KEY="prod-secret-from-env",
+        CARTFLOW_TRUSTED_PROXIES="1",
     )
     assert behind_a_proxy.stdout.strip() == "('HTTP_X_FORWARDED_PROTO', 'https')", behind_a_proxy.stderr
 
