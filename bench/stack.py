@@ -209,15 +209,25 @@ class Stack:
         return proc
 
     # --- gunicorn ---
-    def start_web(self, *, worker_class: str, workers: int, threads: int, name: str = "web", url: str = "") -> Proc:
+    def start_web(
+        self,
+        *,
+        worker_class: str,
+        workers: int,
+        threads: int,
+        name: str = "web",
+        url: str = "",
+        extra_env: dict[str, str] | None = None,
+    ) -> Proc:
         """gunicorn on ``url`` (default ``web_url``); several web servers each get their own ``name`` and ``url``,
-        and, like separate hosts, their own metrics directory (the default one is shared with Celery)."""
+        and, like separate hosts, their own metrics directory (the default one is shared with Celery).
+        ``extra_env``: settings of this server only (an A/B, bench/ab.py)."""
         url = url or self.web_url
-        env = self.env
+        env = {**self.env, **(extra_env or {})}
         if name != "web":
             metrics_dir = self.logdir / f"metrics-{name}"
             metrics_dir.mkdir(exist_ok=True)
-            env = {**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+            env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         argv = [
             str(BIN / "gunicorn"), "cartflow.wsgi:application", "-c", "python:cartflow.gunicorn_conf",
             "--bind", url.removeprefix("http://"), "--workers", str(workers),
