@@ -4,8 +4,10 @@ Bind address, worker and thread counts come from the command line or gunicorn's 
 variables (``WEB_CONCURRENCY``); this file fixes what does not vary between deployments.
 """
 
+import errno
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,46 @@ def on_starting(server: Any) -> None:
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for path in stale_metric_files(METRICS_DIR):
         path.unlink(missing_ok=True)
+    _listen_per_worker(server.cfg)
+
+
+# --- One listening socket per worker (CARTFLOW_WEB_REUSE_PORT: auto, 1 or 0) ---
+# A keep-alive connection stays with the worker that accepted it. With one socket shared by every worker, 64
+# clients connecting at once were taken 52/12 or 42/22 by two workers, and the fuller worker's clients queued
+# longest and set the p99. With SO_REUSEPORT (gunicorn's reuse_port) each worker binds a socket of its own and
+# the kernel spreads new connections over them: in the hot rush, two servers side by side (bench/ab.py), the
+# p99 x0.71 and x0.72 with rates x1.04 and x1.12 (docs/performance.md, "One listening socket per worker").
+# "auto" turns it on with two or more workers on a fixed TCP port; with one worker the port would be
+# closed while its successor starts. A worker that stops drops the connections still queued on its socket
+# unless the host sets net.ipv4.tcp_migrate_req=1 (docs/deploy.md).
+def _listen_per_worker(cfg: Any) -> None:
+    wanted = os.environ.get("CARTFLOW_WEB_REUSE_PORT", "auto").strip().lower()
+    addresses = [a for a in cfg.address if isinstance(a, tuple)]
+    if wanted in ("0", "false", "off", "no"):
+        cfg.set("reuse_port", False)
+    elif wanted in ("1", "true", "on", "yes") or (
+        cfg.workers > 1 and addresses and len(addresses) == len(cfg.address) and all(port for _, port in addresses)
+    ):
+        cfg.set("reuse_port", True)
+    if cfg.reuse_port:
+        for host, port in addresses:
+            _refuse_if_taken(host, port)
+
+
+def _refuse_if_taken(host: str, port: int) -> None:
+    """Sockets that all set SO_REUSEPORT share a port silently, so a second CartFlow started on a port already
+    served would take half its connections instead of failing: a plain bind (no SO_REUSEPORT) tells first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SystemExit(f"{host}:{port} is already in use (another server listens on it)") from None
+        raise
+    finally:
+        probe.close()
 
 
 def child_exit(server: Any, worker: Any) -> None:
